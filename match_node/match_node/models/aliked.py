@@ -1,0 +1,296 @@
+"""ALIKED keypoint detector and descriptor (Zhao et al., 2023), loading the official weights.
+
+The network: a four-stage encoder (two plain conv blocks, two deformable residual blocks),
+multi-scale aggregation to a full-resolution feature map, a score head, differentiable
+keypoint detection (NMS then soft-argmax in a 5x5 window), and the sparse deformable
+descriptor head (SDDH) that samples the feature map at learned offsets around each keypoint.
+
+Parameter names follow the official checkpoints (`aliked-{n16,n16rot,n32,t16}.pth`) so they
+load unchanged. Input: RGB images in [0, 1], Bx3xHxW. Keypoints are returned in pixels of the
+input image with integer values at pixel centres.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+# Channel widths c1..c4, descriptor dim, SDDH kernel size and number of sample positions.
+VARIANTS: dict[str, tuple[int, int, int, int, int, int, int]] = {
+    "aliked-t16": (8, 16, 32, 64, 64, 3, 16),
+    "aliked-n16": (16, 32, 64, 128, 128, 3, 16),
+    "aliked-n16rot": (16, 32, 64, 128, 128, 3, 16),
+    "aliked-n32": (16, 32, 64, 128, 128, 3, 32),
+}
+
+
+class DeformConv(nn.Module):
+    """3x3 deformable convolution whose offsets come from a plain 3x3 convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.offset_conv = nn.Conv2d(in_channels, 2 * 9, 3, padding=1, bias=True)
+        self.regular_conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        limit = max(x.shape[-2:]) / 4.0  # offsets are bounded by a quarter of the map
+        offset = self.offset_conv(x).clamp(-limit, limit)
+        return torchvision.ops.deform_conv2d(
+            x, offset, self.regular_conv.weight, self.regular_conv.bias, padding=(1, 1))
+
+
+def _conv3x3(in_channels: int, out_channels: int, deformable: bool) -> nn.Module:
+    if deformable:
+        return DeformConv(in_channels, out_channels)
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+
+
+class ConvBlock(nn.Module):
+    """Two conv-BN-SELU stages (the first encoder stage, no residual)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(in_channels, out_channels, False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = _conv3x3(out_channels, out_channels, False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.selu(self.bn1(self.conv1(x)))
+        return F.selu(self.bn2(self.conv2(x)))
+
+
+class ResBlock(nn.Module):
+    """Residual block with a 1x1 projection shortcut; convolutions optionally deformable."""
+
+    def __init__(self, in_channels: int, out_channels: int, deformable: bool) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(in_channels, out_channels, deformable)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = _conv3x3(out_channels, out_channels, deformable)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample = nn.Conv2d(in_channels, out_channels, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.selu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.selu(out + self.downsample(x))
+
+
+class SDDH(nn.Module):
+    """Sparse deformable descriptor head.
+
+    For each keypoint, a 3x3 patch of the feature map predicts `n_pos` sample offsets; the
+    features sampled there are mixed by a 1x1 conv and aggregated with one weight matrix per
+    sample position into an L2-normalised descriptor.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, n_pos: int) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.n_pos = n_pos
+        self.offset_conv = nn.Sequential(
+            nn.Conv2d(dim, 2 * n_pos, kernel_size, bias=True),
+            nn.SELU(),
+            nn.Conv2d(2 * n_pos, 2 * n_pos, 1, bias=True),
+        )
+        self.sf_conv = nn.Conv2d(dim, dim, 1, bias=False)
+        self.agg_weights = nn.Parameter(torch.empty(n_pos, dim, dim))
+
+    def _patches(self, features: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+        """k x k patches whose top-left corner sits (k/2 - 1) pixels up-left of each keypoint.
+
+        The corner is clamped so that the patch stays one pixel inside the right and bottom
+        edges, as in the official implementation (the checkpoints were trained with it).
+        """
+        c, h, w = features.shape
+        k = self.kernel_size
+        corner = torch.trunc(keypoints.floor() - k / 2 + 1).long()
+        cx = corner[:, 0].clamp(0, w - 1 - k)
+        cy = corner[:, 1].clamp(0, h - 1 - k)
+        steps = torch.arange(k, device=features.device)
+        rows = (cy[:, None] + steps[None]).view(-1, k, 1)        # N x k x 1
+        cols = (cx[:, None] + steps[None]).view(-1, 1, k)        # N x 1 x k
+        flat = (rows * w + cols).reshape(-1)                     # N*k*k
+        patches = features.reshape(c, h * w)[:, flat]            # C x N*k*k
+        return patches.view(c, -1, k, k).transpose(0, 1)         # N x C x k x k
+
+    def forward(self, feature_map: torch.Tensor, keypoints: list[torch.Tensor]) -> list[torch.Tensor]:
+        b, c, h, w = feature_map.shape
+        scale = feature_map.new_tensor([w - 1, h - 1])
+        limit = max(h, w) / 4.0
+        descriptors = []
+        for features, kpts in zip(feature_map, keypoints):
+            n = kpts.shape[0]
+            if n == 0:
+                descriptors.append(feature_map.new_zeros((0, c)))
+                continue
+            patch = self._patches(features, kpts)
+            offsets = self.offset_conv(patch).clamp(-limit, limit)         # N x 2P x 1 x 1
+            offsets = offsets.view(n, 2, self.n_pos).transpose(1, 2)      # N x P x 2 (x, y)
+            positions = kpts[:, None, :] + offsets
+            grid = (2.0 * positions / scale - 1.0).reshape(1, n * self.n_pos, 1, 2)
+            sampled = F.grid_sample(features[None], grid, mode="bilinear", align_corners=True)
+            sampled = sampled.view(c, n, self.n_pos, 1).transpose(0, 1)    # N x C x P x 1
+            sampled = F.selu(self.sf_conv(sampled)).squeeze(-1)           # N x C x P
+            desc = torch.einsum("ncp,pcd->nd", sampled, self.agg_weights)
+            descriptors.append(F.normalize(desc, p=2.0, dim=1))
+        return descriptors
+
+
+def _nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
+    """Keep local maxima within `radius`, with two rounds of suppression-aware re-detection."""
+    def max_pool(x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, kernel_size=2 * radius + 1, stride=1, padding=radius)
+
+    zeros = torch.zeros_like(scores)
+    is_max = scores == max_pool(scores)
+    for _ in range(2):
+        suppressed = max_pool(is_max.float()) > 0
+        remaining = torch.where(suppressed, zeros, scores)
+        is_max = is_max | ((remaining == max_pool(remaining)) & ~suppressed)
+    return torch.where(is_max, scores, zeros)
+
+
+class ALIKED(nn.Module):
+    default_conf: dict[str, Any] = {
+        "model_name": "aliked-n16",
+        "max_num_keypoints": 1024,   # <= 0: no cap (20000 at most)
+        "detection_threshold": 0.2,  # > 0: score threshold (capped); 0: plain top-k
+        "nms_radius": 2,
+        # The official code falls back to "above the mean score" when no peak passes the
+        # threshold; on blank or textureless frames that yields keypoints on noise, so it is
+        # off by default (the frame then has no keypoints, which the node reports).
+        "mean_fallback": False,
+    }
+    max_keypoints_limit = 20000
+    soft_argmax_temperature = 0.1
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__()
+        unknown = set(conf) - set(self.default_conf)
+        if unknown:
+            raise ValueError(f"unknown ALIKED options: {sorted(unknown)}")
+        self.conf = {**self.default_conf, **conf}
+        name = self.conf["model_name"]
+        if name not in VARIANTS:
+            raise ValueError(f"unknown ALIKED variant {name!r}; choose from {sorted(VARIANTS)}")
+        c1, c2, c3, c4, dim, k, n_pos = VARIANTS[name]
+        self.descriptor_dim = dim
+        self.block1 = ConvBlock(3, c1)
+        self.block2 = ResBlock(c1, c2, deformable=False)
+        self.block3 = ResBlock(c2, c3, deformable=True)
+        self.block4 = ResBlock(c3, c4, deformable=True)
+        self.conv1 = nn.Conv2d(c1, dim // 4, 1, bias=False)
+        self.conv2 = nn.Conv2d(c2, dim // 4, 1, bias=False)
+        self.conv3 = nn.Conv2d(c3, dim // 4, 1, bias=False)
+        self.conv4 = nn.Conv2d(c4, dim // 4, 1, bias=False)
+        self.score_head = nn.Sequential(
+            nn.Conv2d(dim, 8, 1, bias=False), nn.SELU(),
+            nn.Conv2d(8, 4, 3, padding=1, bias=False), nn.SELU(),
+            nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.SELU(),
+            nn.Conv2d(4, 1, 3, padding=1, bias=False),
+        )
+        self.desc_head = SDDH(dim, k, n_pos)
+        radius = self.conf["nms_radius"]
+        grid = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        gy, gx = torch.meshgrid(grid, grid, indexing="ij")
+        # (dx, dy) of each position in a row-major (2r+1)^2 window, as F.unfold orders it.
+        self.register_buffer("window_xy", torch.stack([gx, gy], -1).view(-1, 2), persistent=False)
+
+    # --- dense maps -------------------------------------------------------------------------
+    def dense_maps(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature map (BxDxHxW, unit norm per pixel) and score map (Bx1xHxW, in [0, 1])."""
+        h, w = image.shape[-2:]
+        # The encoder downsamples by 32: pad (replicating edges, split evenly) to a multiple.
+        pad_h, pad_w = (-h) % 32, (-w) % 32
+        top, left = pad_h // 2, pad_w // 2
+        x = F.pad(image, (left, pad_w - left, top, pad_h - top), mode="replicate")
+
+        x1 = self.block1(x)
+        x2 = self.block2(F.avg_pool2d(x1, 2))
+        x3 = self.block3(F.avg_pool2d(x2, 4))
+        x4 = self.block4(F.avg_pool2d(x3, 4))
+
+        def up(t: torch.Tensor, factor: int) -> torch.Tensor:
+            return F.interpolate(t, scale_factor=factor, mode="bilinear", align_corners=True)
+
+        merged = torch.cat([
+            F.selu(self.conv1(x1)),
+            up(F.selu(self.conv2(x2)), 2),
+            up(F.selu(self.conv3(x3)), 8),
+            up(F.selu(self.conv4(x4)), 32),
+        ], dim=1)
+        scores = torch.sigmoid(self.score_head(merged))
+        features = F.normalize(merged, p=2, dim=1)
+        crop = (..., slice(top, top + h), slice(left, left + w))
+        return features[crop].contiguous(), scores[crop].contiguous()
+
+    # --- detection --------------------------------------------------------------------------
+    def detect(self, scores: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Keypoints (pixels, Nx2 as x, y) and their scores per image from a score map."""
+        b, _, h, w = scores.shape
+        radius = self.conf["nms_radius"]
+        peaks = _nms(scores, radius)
+        # Keypoints need a full soft-argmax window inside the image.
+        peaks[..., :radius, :] = 0
+        peaks[..., :, :radius] = 0
+        peaks[..., h - radius:, :] = 0
+        peaks[..., :, w - radius:] = 0
+
+        threshold = self.conf["detection_threshold"]
+        cap = self.conf["max_num_keypoints"]
+        cap = cap if cap > 0 else self.max_keypoints_limit
+        flat_peaks = peaks.view(b, -1)
+        flat_scores = scores.view(b, -1)
+        selected = []
+        if threshold > 0:
+            above = flat_peaks > threshold
+            if self.conf["mean_fallback"] and not above.any():
+                above = flat_peaks > flat_scores.mean(dim=1, keepdim=True)
+            for i in range(b):
+                idx = above[i].nonzero()[:, 0]
+                if idx.numel() > cap:
+                    order = flat_scores[i, idx].sort(descending=True).indices
+                    idx = idx[order[:cap]]
+                selected.append(idx)
+        else:
+            top = torch.topk(flat_peaks, min(cap, flat_peaks.shape[1]), dim=1).indices
+            selected = list(top)
+
+        # Soft-argmax refinement in the (2r+1)^2 window around each peak, gathering only the
+        # selected windows (zero padding outside the image, like F.unfold with padding).
+        padded = F.pad(scores, (radius, radius, radius, radius)).view(b, -1)
+        padded_w = w + 2 * radius
+        window = (self.window_xy[:, 1] * padded_w + self.window_xy[:, 0]).long()  # K^2
+        keypoints, keypoint_scores = [], []
+        for i, idx in enumerate(selected):
+            centre = (torch.div(idx, w, rounding_mode="floor") + radius) * padded_w + idx % w + radius
+            patch = padded[i][centre[:, None] + window[None]]            # N x K^2
+            weights = ((patch - patch.max(dim=1, keepdim=True).values)
+                       / self.soft_argmax_temperature).exp()
+            residual = weights @ self.window_xy / weights.sum(dim=1, keepdim=True)
+            xy = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], 1).to(residual)
+            kpts = xy + residual
+            grid = (2.0 * kpts / kpts.new_tensor([w - 1, h - 1]) - 1.0).view(1, 1, -1, 2)
+            kscores = F.grid_sample(scores[i:i + 1], grid, mode="bilinear", align_corners=True)
+            keypoints.append(kpts)
+            keypoint_scores.append(kscores.view(-1))
+        return keypoints, keypoint_scores
+
+    def forward(self, image: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """Detect and describe. image: Bx3xHxW (or Bx1xHxW, replicated to RGB) in [0, 1].
+
+        Returns lists (one entry per image) of keypoints (Nx2 pixels), keypoint_scores (N)
+        and descriptors (NxD, unit norm).
+        """
+        if image.shape[1] == 1:
+            image = image.expand(-1, 3, -1, -1)
+        features, scores = self.dense_maps(image)
+        keypoints, keypoint_scores = self.detect(scores)
+        descriptors = self.desc_head(features, keypoints)
+        return {"keypoints": keypoints, "keypoint_scores": keypoint_scores,
+                "descriptors": descriptors}

@@ -1,0 +1,218 @@
+"""One declaration of every parameter, shared by the node, the YAML config, the API and the CLI.
+
+Each parameter is declared once here with its type, default, range or choices and a
+description. The ROS node declares its parameters from this table, the Python API validates
+the same names, and `python -m match_node.match --set name=value` parses values with it, so
+documentation and validation cannot drift apart. No ROS imports here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+# ALIKED variants with official checkpoints.
+EXTRACTORS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
+MATCHERS = ("lightglue",)
+
+
+class ParameterError(ValueError):
+    """A parameter value or name is invalid; the message names the parameter."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    # Parameters that need a model reload or a new subscription cannot change at run time.
+    read_only: bool = True
+    scope: str = "pipeline"  # "pipeline": API, CLI and node; "node": the ROS node only
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def validate(self, value: Any) -> Any:
+        """Return `value` converted to this parameter's type, or raise ParameterError."""
+        expected = self.type
+        if expected is bool:
+            if not isinstance(value, bool):
+                raise ParameterError(f"parameter '{self.name}' must be a bool, got {value!r}")
+        elif expected is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ParameterError(f"parameter '{self.name}' must be an integer, got {value!r}")
+        elif expected is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ParameterError(f"parameter '{self.name}' must be a number, got {value!r}")
+            value = float(value)
+            if value != value:
+                raise ParameterError(f"parameter '{self.name}' must not be NaN")
+        elif expected is str:
+            if not isinstance(value, str):
+                raise ParameterError(f"parameter '{self.name}' must be a string, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ParameterError(
+                f"parameter '{self.name}' must be one of {', '.join(map(str, self.choices))}; "
+                f"got {value!r}")
+        if self.min is not None and value < self.min:
+            raise ParameterError(f"parameter '{self.name}' must be >= {self.min}, got {value!r}")
+        if self.max is not None and value > self.max:
+            raise ParameterError(f"parameter '{self.name}' must be <= {self.max}, got {value!r}")
+        return value
+
+    def parse(self, text: str) -> Any:
+        """Parse a command-line string (`--set name=value`) into this parameter's type."""
+        expected = self.type
+        try:
+            if expected is bool:
+                lowered = text.strip().lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError(text)
+                value: Any = lowered in ("true", "1", "yes", "on")
+            elif expected is int:
+                value = int(text)
+            elif expected is float:
+                value = float(text)
+            else:
+                value = text
+        except ValueError:
+            raise ParameterError(
+                f"parameter '{self.name}' expects a {expected.__name__}, got {text!r}") from None
+        return self.validate(value)
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    # --- device -----------------------------------------------------------------------------
+    ParamSpec("device", "auto",
+              "Torch device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'. "
+              "A CUDA device that is not available falls back to the CPU with a warning."),
+    ParamSpec("precision", "auto",
+              "Inference precision: 'auto' (fp16 autocast on CUDA, fp32 on CPU), 'fp32' or "
+              "'fp16'. LayerNorm, softmax and the log-assignment always run in fp32.",
+              choices=("auto", "fp32", "fp16")),
+    # --- extractor --------------------------------------------------------------------------
+    ParamSpec("extractor", "aliked-n16", "Keypoint extractor.", choices=EXTRACTORS),
+    ParamSpec("extractor_weights", "",
+              "Path of the extractor checkpoint; empty resolves the official file by name "
+              "(torch hub cache, installed package, official URL)."),
+    ParamSpec("max_keypoints", 1024,
+              "Maximum keypoints per image (the highest-scoring are kept).", min=1, max=32768,
+              read_only=False),
+    ParamSpec("detection_threshold", 0.2,
+              "ALIKED score threshold; 0 keeps exactly the top max_keypoints after NMS.",
+              min=0.0, max=1.0),
+    ParamSpec("nms_radius", 2, "Non-maximum suppression radius in pixels of the working image.",
+              min=1, max=16),
+    ParamSpec("max_image_side", 1024,
+              "Images whose longer side exceeds this are downscaled for extraction (keypoints "
+              "are reported in original pixels); 0 disables resizing.", min=0, max=8192,
+              read_only=False),
+    # --- matcher ----------------------------------------------------------------------------
+    ParamSpec("matcher", "lightglue", "Matcher.", choices=MATCHERS),
+    ParamSpec("matcher_weights", "",
+              "Path of the matcher checkpoint; empty resolves the official file by name."),
+    ParamSpec("depth_confidence", 0.95,
+              "LightGlue early exit: stop when this share of points is confident; -1 disables.",
+              min=-1.0, max=1.0, read_only=False),
+    ParamSpec("width_confidence", 0.99,
+              "LightGlue point pruning: drop points whose matchability is below 1 - this; "
+              "-1 disables.", min=-1.0, max=1.0, read_only=False),
+    ParamSpec("filter_threshold", 0.1,
+              "Minimum match confidence for a match to be reported.", min=0.0, max=1.0,
+              read_only=False),
+    ParamSpec("allow_download", True,
+              "Download missing official weights from their official URL into the torch hub "
+              "cache."),
+    # --- node only --------------------------------------------------------------------------
+    ParamSpec("image_transport", "raw",
+              "Input: 'raw' subscribes to sensor_msgs/Image on 'image', 'compressed' to "
+              "sensor_msgs/CompressedImage on 'image/compressed'.",
+              choices=("raw", "compressed"), scope="node"),
+    ParamSpec("max_input_pixels", 16_777_216,
+              "Frames with more pixels than this are dropped with an error (guards memory).",
+              min=1, max=1 << 30, scope="node", read_only=False),
+    ParamSpec("on_stamp_backwards", "reset",
+              "A frame whose stamp is not newer than the previous one: 'reset' restarts tracking "
+              "at it (bag loops, time jumps), 'drop' discards it.",
+              choices=("reset", "drop"), scope="node", read_only=False),
+    ParamSpec("output_queue_depth", 10, "Depth of the reliable correspondences publisher.",
+              min=1, max=1000, scope="node"),
+)
+
+SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
+PIPELINE_PARAMETERS = tuple(s for s in PARAMETERS if s.scope == "pipeline")
+
+
+def defaults(scope: str | None = None) -> dict[str, Any]:
+    """Default values of all parameters (of one scope when given)."""
+    return {s.name: s.default for s in PARAMETERS if scope is None or s.scope == scope}
+
+
+def validate(values: Mapping[str, Any], scope: str | None = None) -> dict[str, Any]:
+    """Validate `values` against the table and return them merged over the defaults.
+
+    Unknown names are refused (a typo in a YAML file must not pass silently).
+    """
+    allowed = {s.name for s in PARAMETERS if scope is None or s.scope == scope}
+    merged = defaults(scope)
+    for name, value in values.items():
+        if name not in allowed:
+            raise ParameterError(
+                f"unknown parameter '{name}'; known: {', '.join(sorted(allowed))}")
+        merged[name] = SPECS[name].validate(value)
+    device = merged.get("device")
+    if device is not None and not _is_device_string(device):
+        raise ParameterError(
+            f"parameter 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+    return merged
+
+
+def _is_device_string(text: str) -> bool:
+    if text in ("auto", "cpu", "cuda"):
+        return True
+    prefix, _, index = text.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+def parse_assignments(assignments: Iterable[str]) -> dict[str, Any]:
+    """Parse `name=value` strings, as given to the CLI's --set, into typed values."""
+    values: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ParameterError(f"--set expects name=value, got {item!r}")
+        if name not in SPECS:
+            raise ParameterError(f"unknown parameter '{name}'")
+        values[name] = SPECS[name].parse(text)
+    return values
+
+
+def load_yaml(path: str | Path, node_name: str | None = None) -> dict[str, Any]:
+    """Read parameters from a ROS 2 parameter YAML file (or a flat mapping).
+
+    ROS 2 files nest values under `<node name or /**>: ros__parameters:`; the entries of all
+    matching node sections are merged (wildcard first, then the named node).
+    """
+    with open(path, encoding="utf-8") as stream:
+        document = yaml.safe_load(stream) or {}
+    if not isinstance(document, dict):
+        raise ParameterError(f"{path}: expected a mapping at the top level")
+    sections = [v for v in document.values() if isinstance(v, dict) and "ros__parameters" in v]
+    if not sections:
+        return dict(document)
+    values: dict[str, Any] = {}
+    ordered = sorted(document.items(), key=lambda item: item[0] not in ("/**", "**"))
+    for key, section in ordered:
+        if not isinstance(section, dict) or "ros__parameters" not in section:
+            continue
+        if node_name is None or key in ("/**", "**") or key.strip("/").split("/")[-1] == node_name:
+            values.update(section["ros__parameters"] or {})
+    return values

@@ -1,0 +1,293 @@
+"""The matching pipeline: preprocess, extract once per frame, match, track. No ROS imports.
+
+    from match_node import Pipeline
+    pipeline = Pipeline(max_keypoints=1024)            # same names as config/*.yaml
+    result = pipeline.match(image0, image1)            # numpy images, gray or RGB
+    result.keypoints0, result.keypoints1, result.scores, result.exit_layer, result.timings
+
+`SequentialMatcher` turns the pipeline into a stream: each frame is extracted once, matched
+to the previous frame, and its matches carry persistent track ids.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from . import params as P
+from . import weights
+from .image import Prepared, prepare
+from .models.aliked import ALIKED
+from .models.lightglue import EXIT_NO_KEYPOINTS, LightGlue, MatchOutput
+from .tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> tuple[torch.device, str | None]:
+    """The torch device for a `device` parameter, and a warning when falling back to CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), None
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return torch.device("cpu"), f"device '{name}' requested but CUDA is not available; running on the CPU"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return torch.device("cpu"), (f"device '{name}' requested but only "
+                                         f"{torch.cuda.device_count()} CUDA device(s) exist; running on the CPU")
+    return device, None
+
+
+@dataclass
+class Features:
+    """Keypoints and descriptors of one frame, kept on the device for the next pair."""
+    keypoints: torch.Tensor      # N x 2, pixels of the original image
+    descriptors: torch.Tensor    # N x D
+    scores: torch.Tensor         # N
+    image_size: tuple[int, int]  # original (width, height)
+    preprocess_ms: float = 0.0
+    extract_ms: float = 0.0
+
+    def __len__(self) -> int:
+        return int(self.keypoints.shape[0])
+
+
+@dataclass
+class MatchResult:
+    """Matches between a reference image (0) and a current image (1), as numpy arrays."""
+    keypoints0: np.ndarray       # K x 2 float32, original pixels of image 0
+    keypoints1: np.ndarray       # K x 2 float32, original pixels of image 1
+    scores: np.ndarray           # K float32 match confidence in [0, 1]
+    indices0: np.ndarray         # K int64 keypoint index in image 0
+    indices1: np.ndarray         # K int64 keypoint index in image 1
+    num_keypoints0: int
+    num_keypoints1: int
+    image_size0: tuple[int, int]
+    image_size1: tuple[int, int]
+    exit_layer: int
+    num_layers: int
+    exit_reason: int
+    kept0: int
+    kept1: int
+    timings: dict[str, float]    # preprocess_ms, extract_ms, match_ms, total_ms
+    extractor: str
+    matcher: str
+    track_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    layer_points: list[tuple[int, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+class Pipeline:
+    """Extractor + matcher built from the shared parameter table (see params.py)."""
+
+    def __init__(self, params: Mapping[str, Any] | None = None, **overrides: Any) -> None:
+        self.params = P.validate({**(params or {}), **overrides}, scope="pipeline")
+        self.device, warning = resolve_device(self.params["device"])
+        if warning:
+            log.warning(warning)
+        self.device_warning = warning
+        precision = self.params["precision"]
+        if precision == "fp16" and self.device.type != "cuda":
+            log.warning("precision fp16 needs CUDA; running fp32 on the %s", self.device)
+        self.fp16 = self.device.type == "cuda" and precision in ("auto", "fp16")
+        self.extractor_name = self.params["extractor"]
+        self.matcher_name = self.params["matcher"]
+        self.extractor = ALIKED(model_name=self.extractor_name)
+        self.extractor_weights = weights.load_checkpoint(
+            self.extractor, weights.CHECKPOINTS[self.extractor_name],
+            self.params["extractor_weights"], self.params["allow_download"])
+        self.matcher = LightGlue(features="aliked")
+        self.matcher_weights = weights.load_checkpoint(
+            self.matcher, weights.CHECKPOINTS["lightglue-aliked"],
+            self.params["matcher_weights"], self.params["allow_download"],
+            rename=LightGlue.rename_official_keys)
+        self.extractor.eval().to(self.device)
+        self.matcher.eval().to(self.device)
+        self._apply_runtime_params()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "Pipeline":
+        """Build from a node YAML file (node-only parameters in it are ignored)."""
+        values = P.load_yaml(path)
+        P.validate(values)  # refuse unknown names and bad values, node ones included
+        pipeline_values = {k: v for k, v in values.items() if P.SPECS[k].scope == "pipeline"}
+        return cls(pipeline_values, **overrides)
+
+    def update(self, **changes: Any) -> None:
+        """Change run-time parameters (those not read-only) without reloading models."""
+        for name in changes:
+            spec = P.SPECS.get(name)
+            if spec is None or spec.scope != "pipeline":
+                raise P.ParameterError(f"unknown pipeline parameter '{name}'")
+            if spec.read_only:
+                raise P.ParameterError(f"parameter '{name}' cannot change at run time")
+        self.params = P.validate({**self.params, **changes}, scope="pipeline")
+        self._apply_runtime_params()
+
+    def _apply_runtime_params(self) -> None:
+        p = self.params
+        self.extractor.conf.update(max_num_keypoints=p["max_keypoints"],
+                                   detection_threshold=p["detection_threshold"],
+                                   nms_radius=p["nms_radius"])
+        self.matcher.conf.update(depth_confidence=p["depth_confidence"],
+                                 width_confidence=p["width_confidence"],
+                                 filter_threshold=p["filter_threshold"])
+
+    # --- stages -----------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.fp16:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.no_grad()
+    def extract(self, image: np.ndarray) -> Features:
+        """Detect and describe keypoints of one image (gray HxW or RGB HxWx3)."""
+        start = time.perf_counter()
+        prepared: Prepared = prepare(image, self.device, self.params["max_image_side"])
+        self._sync()
+        after_preprocess = time.perf_counter()
+        with self._autocast():
+            out = self.extractor(prepared.tensor)
+        keypoints = prepared.to_original(out["keypoints"][0].float())
+        features = Features(keypoints, out["descriptors"][0].float(),
+                            out["keypoint_scores"][0].float(), prepared.original_size)
+        self._sync()
+        end = time.perf_counter()
+        features.preprocess_ms = (after_preprocess - start) * 1e3
+        features.extract_ms = (end - after_preprocess) * 1e3
+        return features
+
+    @torch.no_grad()
+    def match_features(self, features0: Features, features1: Features,
+                       should_continue: Callable[[int, int, int], bool] | None = None,
+                       ) -> MatchResult:
+        """Match two frames' features; timings cover the match only plus image 1's
+        preprocessing and extraction (image 0's features are assumed cached)."""
+        start = time.perf_counter()
+        with self._autocast():
+            out: MatchOutput = self.matcher(
+                features0.keypoints[None], features1.keypoints[None],
+                features0.descriptors[None], features1.descriptors[None],
+                torch.tensor([features0.image_size], device=self.device),
+                torch.tensor([features1.image_size], device=self.device),
+                should_continue=should_continue)
+        matches = out.matches.cpu().numpy()
+        scores = out.scores.float().cpu().numpy()
+        match_ms = (time.perf_counter() - start) * 1e3
+        idx0, idx1 = matches[:, 0], matches[:, 1]
+        kpts0 = features0.keypoints.cpu().numpy()[idx0]
+        kpts1 = features1.keypoints.cpu().numpy()[idx1]
+        return MatchResult(
+            keypoints0=kpts0.astype(np.float32), keypoints1=kpts1.astype(np.float32),
+            scores=scores.astype(np.float32), indices0=idx0, indices1=idx1,
+            num_keypoints0=len(features0), num_keypoints1=len(features1),
+            image_size0=features0.image_size, image_size1=features1.image_size,
+            exit_layer=out.exit_layer, num_layers=out.num_layers, exit_reason=out.exit_reason,
+            kept0=out.kept0, kept1=out.kept1,
+            timings={"preprocess_ms": features1.preprocess_ms,
+                     "extract_ms": features1.extract_ms, "match_ms": match_ms,
+                     "total_ms": features1.preprocess_ms + features1.extract_ms + match_ms},
+            extractor=self.extractor_name, matcher=self.matcher_name,
+            layer_points=out.layer_points)
+
+    def match(self, image0: np.ndarray, image1: np.ndarray) -> MatchResult:
+        """Extract both images and match them (image 0 is the reference)."""
+        features0 = self.extract(image0)
+        features1 = self.extract(image1)
+        result = self.match_features(features0, features1)
+        # Both images were extracted for this call: count both in the timings.
+        t = result.timings
+        t["preprocess_ms"] += features0.preprocess_ms
+        t["extract_ms"] += features0.extract_ms
+        t["total_ms"] = t["preprocess_ms"] + t["extract_ms"] + t["match_ms"]
+        return result
+
+
+@dataclass
+class StreamEvent:
+    """Outcome of one frame pushed into a SequentialMatcher."""
+    result: MatchResult | None   # matches to the previous frame; None if nothing to publish
+    reference_stamp: int | None  # stamp (ns) of the reference frame of `result`
+    frame_index: int
+    dropped: bool = False        # the frame was discarded (it is not the new reference)
+    restarted: bool = False      # tracking restarts at this frame (it is not matched)
+    tracks_reset: bool = False   # `result`'s reference frame was a restart of tracking
+    note: str | None = None      # why it was dropped or restarted, for the log
+
+
+class SequentialMatcher:
+    """Match each frame to the previous one, extracting every frame once, with track ids.
+
+    Stamps are integers (ns). A frame whose stamp is not newer than the previous one is
+    dropped (`on_stamp_backwards="drop"`) or restarts tracking (`"reset"`); a frame of a new
+    size always restarts tracking (the camera changed: its intrinsics did too).
+    """
+
+    def __init__(self, pipeline: Pipeline, on_stamp_backwards: str = "reset") -> None:
+        if on_stamp_backwards not in ("reset", "drop"):
+            raise P.ParameterError("on_stamp_backwards must be 'reset' or 'drop'")
+        self.pipeline = pipeline
+        self.on_stamp_backwards = on_stamp_backwards
+        self.tracker = Tracker()
+        self.previous: Features | None = None
+        self.previous_stamp: int | None = None
+        self.frame_index = -1
+        self.tracks_reset_pending = True
+
+    def reset(self) -> None:
+        self.previous = None
+        self.previous_stamp = None
+
+    def push(self, image: np.ndarray, stamp_ns: int) -> StreamEvent:
+        """Process one frame; raises ImageError for unusable images (counted by the caller)."""
+        self.frame_index += 1
+        index = self.frame_index
+        start = time.perf_counter()
+        if self.previous_stamp is not None and stamp_ns <= self.previous_stamp:
+            note = (f"frame stamp {stamp_ns} ns is not newer than the previous "
+                    f"{self.previous_stamp} ns")
+            if self.on_stamp_backwards == "drop":
+                return StreamEvent(None, None, index, dropped=True, note=note + "; dropped")
+            self.reset()
+            note += "; tracking restarts at this frame"
+            features = self.pipeline.extract(image)
+            self._start(features, stamp_ns)
+            return StreamEvent(None, None, index, restarted=True, note=note)
+        features = self.pipeline.extract(image)
+        if self.previous is None:
+            self._start(features, stamp_ns)
+            return StreamEvent(None, None, index, restarted=True)
+        if features.image_size != self.previous.image_size:
+            note = (f"image size changed from {self.previous.image_size[0]}x"
+                    f"{self.previous.image_size[1]} to {features.image_size[0]}x"
+                    f"{features.image_size[1]}; tracking restarts at this frame")
+            self._start(features, stamp_ns)
+            return StreamEvent(None, None, index, restarted=True, note=note)
+        result = self.pipeline.match_features(self.previous, features)
+        result.track_ids = self.tracker.update(len(features), result.indices0, result.indices1)
+        reference_stamp = self.previous_stamp
+        self.previous, self.previous_stamp = features, stamp_ns
+        result.timings["total_ms"] = (time.perf_counter() - start) * 1e3
+        event = StreamEvent(result, reference_stamp, index,
+                            tracks_reset=self.tracks_reset_pending)
+        self.tracks_reset_pending = False
+        if result.exit_reason == EXIT_NO_KEYPOINTS and (len(features) == 0):
+            event.note = "no keypoints in this frame (blank or textureless image)"
+        return event
+
+    def _start(self, features: Features, stamp_ns: int) -> None:
+        self.tracker.start(len(features))
+        self.previous, self.previous_stamp = features, stamp_ns
+        self.tracks_reset_pending = True

@@ -1,0 +1,276 @@
+"""The match_node ROS 2 node: image topic in, Correspondences out.
+
+Thin by design: it declares the shared parameters, converts messages and hands frames to
+the core's SequentialMatcher on a worker thread. The image callback only stores the newest
+message in a one-slot buffer, so the executor is never blocked by inference; a frame replaced
+before the worker took it is dropped and counted. Publishing happens from the worker.
+
+Topics (relative, so namespaces and remapping apply):
+  subscribes  image              sensor_msgs/Image            (image_transport: raw)
+              image/compressed   sensor_msgs/CompressedImage  (image_transport: compressed)
+  publishes   correspondences    match_node_msgs/Correspondences
+              /diagnostics       diagnostic_msgs/DiagnosticArray (1 Hz)
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from match_node_msgs.msg import Correspondences
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from .. import params as P
+from ..image import ImageError
+from ..pipeline import Pipeline, SequentialMatcher
+from ..runtime import LatestSlot, RollingStats
+from ..weights import WeightsError
+from .conversions import image_to_array, result_to_msg, stamp_to_ns
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    processed: int = 0
+    published: int = 0
+    dropped_stale: int = 0      # replaced in the one-slot buffer before processing
+    dropped_invalid: int = 0    # bad encoding, size, data
+    dropped_stamp: int = 0      # stamp not newer than the previous frame (policy 'drop')
+    resets: int = 0             # tracking restarted (first frame, time jump, size change)
+    errors: int = 0             # inference failures (e.g. out of memory)
+    unpublished_drops: int = field(default=0, repr=False)  # drops since the last message
+
+    def dropped(self) -> int:
+        return self.dropped_stale + self.dropped_invalid + self.dropped_stamp
+
+
+def _descriptor(spec: P.ParamSpec) -> ParameterDescriptor:
+    description = spec.description
+    if spec.choices:
+        description += f" One of: {', '.join(map(str, spec.choices))}."
+    descriptor = ParameterDescriptor(description=description, read_only=spec.read_only)
+    if spec.choices:
+        descriptor.additional_constraints = "one of: " + ", ".join(map(str, spec.choices))
+    if spec.min is not None and spec.max is not None:
+        if spec.type is int:
+            descriptor.integer_range = [IntegerRange(from_value=int(spec.min),
+                                                     to_value=int(spec.max), step=0)]
+        elif spec.type is float:
+            descriptor.floating_point_range = [FloatingPointRange(
+                from_value=float(spec.min), to_value=float(spec.max), step=0.0)]
+    return descriptor
+
+
+class MatchNode(Node):
+    def __init__(self, node_name: str = "match_node", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        for spec in P.PARAMETERS:
+            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+        values = {spec.name: self.get_parameter(spec.name).value for spec in P.PARAMETERS}
+        self.values = P.validate(values)  # raises ParameterError with the parameter's name
+
+        pipeline_values = {k: v for k, v in self.values.items() if P.SPECS[k].scope == "pipeline"}
+        self.pipeline = Pipeline(pipeline_values)
+        if self.pipeline.device_warning:
+            self.get_logger().warning(self.pipeline.device_warning)
+        self.stream = SequentialMatcher(self.pipeline, self.values["on_stamp_backwards"])
+        self.get_logger().info(
+            f"{self.pipeline.extractor_name} + {self.pipeline.matcher_name} on "
+            f"{self.pipeline.device} ({'fp16' if self.pipeline.fp16 else 'fp32'}); weights "
+            f"{self.pipeline.extractor_weights}, {self.pipeline.matcher_weights}")
+
+        self.counters = Counters()
+        self.stats = RollingStats()
+        self._last_error = ""
+        self._reference_header: Header | None = None
+        self._pending: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._slot: LatestSlot[tuple[Image | CompressedImage, float]] = LatestSlot()
+
+        self.publisher = self.create_publisher(
+            Correspondences, "correspondences",
+            QoSProfile(depth=self.values["output_queue_depth"],
+                       reliability=ReliabilityPolicy.RELIABLE))
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        if self.values["image_transport"] == "compressed":
+            self.subscription = self.create_subscription(
+                CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data)
+        else:
+            self.subscription = self.create_subscription(
+                Image, "image", self._on_image, qos_profile_sensor_data)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._run_worker, name="match_node_worker",
+                                        daemon=True)
+        self._worker.start()
+        self.get_logger().info(f"listening on {self.subscription.topic_name}, publishing "
+                               f"{self.publisher.topic_name}")
+
+    # --- executor side: cheap and non-blocking --------------------------------------------
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        with self._lock:
+            self.counters.received += 1
+        if self._slot.put((msg, time.monotonic())):
+            with self._lock:
+                self.counters.dropped_stale += 1
+                self.counters.unpublished_drops += 1
+
+    def _on_set_parameters(self, parameters: list) -> SetParametersResult:
+        changes = {}
+        for parameter in parameters:
+            spec = P.SPECS.get(parameter.name)
+            if spec is None:
+                continue  # e.g. use_sim_time, handled by rclpy
+            try:
+                changes[parameter.name] = spec.validate(parameter.value)
+            except P.ParameterError as error:
+                return SetParametersResult(successful=False, reason=str(error))
+        with self._lock:
+            self._pending.update(changes)
+        return SetParametersResult(successful=True)
+
+    # --- worker side -------------------------------------------------------------------------
+    def _apply_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        self.values.update(pending)
+        pipeline_changes = {k: v for k, v in pending.items() if P.SPECS[k].scope == "pipeline"}
+        if pipeline_changes:
+            self.pipeline.update(**pipeline_changes)
+        self.stream.on_stamp_backwards = self.values["on_stamp_backwards"]
+        self.get_logger().info(f"parameters changed: {pending}")
+
+    def _run_worker(self) -> None:
+        while not self._slot.closed:
+            item = self._slot.take(timeout=0.1)
+            if item is None:
+                continue
+            self._apply_pending()
+            try:
+                self._process(*item)
+            except Exception as error:  # noqa: BLE001 - the node must survive any frame
+                self._count_error(error)
+
+    def _count_error(self, error: Exception) -> None:
+        with self._lock:
+            self.counters.errors += 1
+            self.counters.unpublished_drops += 1
+        self._last_error = f"{type(error).__name__}: {error}"
+        if "out of memory" in str(error).lower():
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self.get_logger().error(f"frame failed and was dropped: {self._last_error}\n"
+                                + traceback.format_exc(limit=3), throttle_duration_sec=5.0)
+
+    def _drop(self, counter: str, reason: str) -> None:
+        with self._lock:
+            setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+            self.counters.unpublished_drops += 1
+        self.get_logger().warning(f"frame dropped: {reason}", throttle_duration_sec=2.0)
+
+    def _process(self, msg: Image | CompressedImage, received: float) -> None:
+        header = msg.header
+        if isinstance(msg, Image) and msg.height * msg.width > self.values["max_input_pixels"]:
+            self._drop("dropped_invalid", f"{msg.width}x{msg.height} image exceeds "
+                       f"max_input_pixels={self.values['max_input_pixels']}")
+            return
+        try:
+            image = image_to_array(msg)
+            if image.shape[0] * image.shape[1] > self.values["max_input_pixels"]:
+                raise ImageError(f"{image.shape[1]}x{image.shape[0]} image exceeds "
+                                 f"max_input_pixels={self.values['max_input_pixels']}")
+            event = self.stream.push(image, stamp_to_ns(header.stamp))
+        except ImageError as error:
+            self._drop("dropped_invalid", str(error))
+            return
+        with self._lock:
+            self.counters.processed += 1
+        if event.dropped:
+            self._drop("dropped_stamp", event.note or "")
+            return
+        if event.restarted:
+            with self._lock:
+                self.counters.resets += 1
+            if event.note:
+                self.get_logger().warning(event.note, throttle_duration_sec=2.0)
+        if event.result is not None and self._reference_header is not None:
+            with self._lock:
+                dropped, self.counters.unpublished_drops = self.counters.unpublished_drops, 0
+            out = result_to_msg(event.result, header, self._reference_header,
+                                frame_index=event.frame_index, dropped_frames=dropped,
+                                tracks_reset=event.tracks_reset)
+            # Latency from arrival in the callback to the message being ready.
+            out.total_ms = (time.monotonic() - received) * 1e3
+            self.publisher.publish(out)
+            with self._lock:
+                self.counters.published += 1
+            self.stats.add(out.total_ms)
+            if event.note:
+                self.get_logger().info(event.note, throttle_duration_sec=5.0)
+        self._reference_header = header
+
+    # --- diagnostics and shutdown -----------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            counters = Counters(**{k: v for k, v in vars(self.counters).items()})
+        summary = self.stats.summary()
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: matching",
+                                  hardware_id=str(self.pipeline.device))
+        if counters.errors and self._last_error:
+            status.level, status.message = DiagnosticStatus.WARN, f"errors: {self._last_error}"
+        elif counters.received == 0:
+            status.level, status.message = DiagnosticStatus.OK, "waiting for images"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, "matching"
+        values = {**{k: v for k, v in vars(counters).items() if k != "unpublished_drops"},
+                  "dropped": counters.dropped(), **summary, "device": str(self.pipeline.device),
+                  "precision": "fp16" if self.pipeline.fp16 else "fp32",
+                  "max_keypoints": self.pipeline.params["max_keypoints"]}
+        status.values = [KeyValue(key=k, value=f"{v:.2f}" if isinstance(v, float) else str(v))
+                         for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_publisher.publish(array)
+
+    def destroy_node(self) -> None:
+        self._slot.close()
+        if self._worker.is_alive():
+            self._worker.join(timeout=10.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = MatchNode()
+        rclpy.spin(node)
+    except (P.ParameterError, WeightsError) as error:
+        # Configuration errors are the user's to fix: one clear line, no traceback.
+        print(f"[match_node] fatal: {error}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

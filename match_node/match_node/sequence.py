@@ -1,0 +1,103 @@
+"""Real-image sequences with exact ground truth, for the demo, the tests and evaluation.
+
+A virtual camera moves smoothly over a real photograph (a planar scene): frame t is the photo
+warped by a known homography H_t, so the true correspondence between any two frames is
+H_b @ inv(H_a) (the HPatches protocol). Every frame stays inside the photo: no black borders.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+def load_photo(name: str = "coffee") -> np.ndarray:
+    """An RGB photograph shipped with scikit-image (coffee, astronaut, chelsea, rocket, ...)."""
+    from skimage import data  # imported lazily: only the demo, tests and tools need it
+
+    if name == "motorcycle":
+        return data.stereo_motorcycle()[0]
+    image = getattr(data, name)()
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def _camera_homography(centre: np.ndarray, angle: float, zoom: float,
+                       size: tuple[int, int]) -> np.ndarray:
+    """Photo -> frame: the photo point `centre` lands on the frame centre, rotated by `angle`
+    (radians) and scaled by `zoom` frame pixels per photo pixel. Pixel centres at integers."""
+    w, h = size
+    c, s = np.cos(angle), np.sin(angle)
+    to_origin = np.array([[1, 0, -centre[0]], [0, 1, -centre[1]], [0, 0, 1]], float)
+    rotate_scale = np.array([[zoom * c, -zoom * s, 0], [zoom * s, zoom * c, 0], [0, 0, 1]], float)
+    to_frame = np.array([[1, 0, (w - 1) / 2], [0, 1, (h - 1) / 2], [0, 0, 1]], float)
+    return to_frame @ rotate_scale @ to_origin
+
+
+def _inside(photo_size: tuple[int, int], homography: np.ndarray, size: tuple[int, int]) -> bool:
+    w, h = size
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], float).T
+    src = np.linalg.inv(homography) @ corners
+    src = src[:2] / src[2]
+    pw, ph = photo_size
+    return bool((src[0] >= 0).all() and (src[0] <= pw - 1).all()
+                and (src[1] >= 0).all() and (src[1] <= ph - 1).all())
+
+
+@dataclass
+class Sequence:
+    frames: list[np.ndarray]          # RGB uint8 frames
+    homographies: list[np.ndarray]    # photo -> frame t
+
+    def relative(self, a: int, b: int) -> np.ndarray:
+        """Homography mapping pixels of frame a to frame b."""
+        return self.homographies[b] @ np.linalg.inv(self.homographies[a])
+
+
+def make_sequence(photo: np.ndarray | str = "coffee", num_frames: int = 10,
+                  size: tuple[int, int] = (640, 480), step: float = 6.0,
+                  rotation_deg: float = 1.0, seed: int = 0) -> Sequence:
+    """A smooth camera path over `photo`: about `step` frame pixels of motion and up to
+    `rotation_deg` of roll per frame, with a slowly varying zoom; frames of `size` (w, h)."""
+    if isinstance(photo, str):
+        photo = load_photo(photo)
+    ph, pw = photo.shape[:2]
+    w, h = size
+    rng = np.random.default_rng(seed)
+    # Smallest zoom that fits the frame inside the photo with room to move.
+    base_zoom = max(w / (pw * 0.8), h / (ph * 0.8))
+    centre = np.array([(pw - 1) / 2, (ph - 1) / 2], float)
+    angle, zoom = 0.0, base_zoom * 1.05
+    heading = rng.uniform(0, 2 * np.pi)
+    frames, homographies = [], []
+    for _ in range(num_frames):
+        for _attempt in range(50):
+            homography = _camera_homography(centre, angle, zoom, size)
+            if _inside((pw, ph), homography, size):
+                break
+            # Pull back towards the photo centre and to a safer zoom until the frame fits.
+            centre = centre + 0.2 * (np.array([(pw - 1) / 2, (ph - 1) / 2]) - centre)
+            zoom = zoom * 1.02
+            angle *= 0.8
+        else:
+            raise ValueError(f"a {w}x{h} frame does not fit inside a {pw}x{ph} photo")
+        homographies.append(homography)
+        frames.append(cv2.warpPerspective(photo, homography, (w, h), flags=cv2.INTER_LINEAR,
+                                          borderMode=cv2.BORDER_REFLECT))
+        heading += rng.normal(0, 0.4)
+        centre = centre + (step / zoom) * np.array([np.cos(heading), np.sin(heading)])
+        angle += np.deg2rad(rotation_deg) * rng.uniform(-1, 1)
+        zoom *= float(np.exp(rng.normal(0, 0.01)))
+    return Sequence(frames, homographies)
+
+
+def reprojection_errors(homography: np.ndarray, keypoints0: np.ndarray,
+                        keypoints1: np.ndarray) -> np.ndarray:
+    """Distance in pixels between H @ keypoints0 and keypoints1 (pixel centres at integers)."""
+    if len(keypoints0) == 0:
+        return np.zeros(0)
+    points = np.concatenate([keypoints0, np.ones((len(keypoints0), 1))], 1) @ homography.T
+    projected = points[:, :2] / points[:, 2:3]
+    return np.linalg.norm(projected - keypoints1, axis=1)

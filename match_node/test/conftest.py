@@ -1,0 +1,34 @@
+"""Shared fixtures: real photographs with known homographies and a pipeline loaded once."""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+# Keep tests reproducible and light on the 2-core CI machine.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def warp(image: np.ndarray, homography: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    h, w = image.shape[:2]
+    return cv2.warpPerspective(image, homography, size or (w, h), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT)
+
+
+# A moderate viewpoint change: rotation, scale, shear and perspective.
+HOMOGRAPHY = np.array([[0.96, 0.06, 12.0], [-0.05, 0.98, 6.0], [8e-5, -4e-5, 1.0]])
+
+
+@pytest.fixture(scope="session")
+def coffee_pair():
+    from match_node.sequence import load_photo
+    image0 = load_photo("coffee")
+    return image0, warp(image0, HOMOGRAPHY), HOMOGRAPHY
+
+
+@pytest.fixture(scope="session")
+def pipeline():
+    from match_node import Pipeline
+    return Pipeline(device="cpu", max_keypoints=512, allow_download=False)

@@ -1,0 +1,110 @@
+"""The pipeline on real photographs with exact ground truth."""
+import numpy as np
+import pytest
+
+from match_node import ParameterError, Pipeline, SequentialMatcher
+from match_node.models.lightglue import EXIT_NO_KEYPOINTS
+from match_node.sequence import make_sequence, reprojection_errors
+
+from conftest import warp
+
+
+def test_match_pair_is_precise(pipeline, coffee_pair):
+    image0, image1, homography = coffee_pair
+    result = pipeline.match(image0, image1)
+    errors = reprojection_errors(homography, result.keypoints0, result.keypoints1)
+    assert len(result) > 200
+    assert (errors < 3).mean() > 0.95
+    assert np.median(errors) < 1.0
+    assert result.scores.min() > pipeline.params["filter_threshold"]
+    assert 1 <= result.exit_layer <= result.num_layers == 9
+    assert set(result.timings) == {"preprocess_ms", "extract_ms", "match_ms", "total_ms"}
+    # Indices point at the keypoints reported.
+    assert np.all(result.indices0 < result.num_keypoints0)
+
+
+def test_resized_extraction_reports_original_pixels(coffee_pair):
+    image0, image1, homography = coffee_pair
+    small = Pipeline(device="cpu", max_keypoints=512, max_image_side=300, allow_download=False)
+    result = small.match(image0, image1)
+    errors = reprojection_errors(homography, result.keypoints0, result.keypoints1)
+    assert len(result) > 100
+    assert (errors < 4).mean() > 0.9
+    assert result.keypoints0[:, 0].max() > 400  # original 600 px wide, not 300
+    assert result.image_size0 == (600, 400)
+
+
+def test_runtime_update(pipeline, coffee_pair):
+    image0, image1, _ = coffee_pair
+    pipeline.update(max_keypoints=128, depth_confidence=-1)
+    try:
+        result = pipeline.match(image0, image1)
+        assert result.num_keypoints0 <= 128 and result.exit_layer == 9
+    finally:
+        pipeline.update(max_keypoints=512, depth_confidence=0.95)
+    with pytest.raises(ParameterError, match="cannot change at run time"):
+        pipeline.update(extractor="aliked-n32")
+
+
+def test_sequence_tracks_persist(pipeline):
+    sequence = make_sequence("coffee", num_frames=4, size=(320, 240), step=4)
+    stream = SequentialMatcher(pipeline)
+    first = stream.push(sequence.frames[0], 0)
+    assert first.result is None and first.restarted
+    tracks = []
+    for t in range(1, 4):
+        event = stream.push(sequence.frames[t], t * 100)
+        result = event.result
+        assert event.reference_stamp == (t - 1) * 100
+        assert event.tracks_reset == (t == 1)
+        errors = reprojection_errors(sequence.relative(t - 1, t), result.keypoints0,
+                                     result.keypoints1)
+        assert (errors < 3).mean() > 0.95
+        assert len(np.unique(result.track_ids)) == len(result)
+        assert result.track_ids.min() >= 1
+        tracks.append(dict(zip(result.indices1.tolist(), result.track_ids.tolist())))
+        if t >= 2:
+            # A match whose reference keypoint was matched before inherits its id.
+            previous = tracks[-2]
+            inherited = [previous[i] == tid for i, tid in zip(result.indices0.tolist(),
+                                                              result.track_ids.tolist())
+                         if i in previous]
+            assert len(inherited) > 50 and all(inherited)
+
+
+def test_stamps_backwards_policies(pipeline, coffee_pair):
+    image0, image1, _ = coffee_pair
+    small0, small1 = image0[:200, :300], image1[:200, :300]
+    drop = SequentialMatcher(pipeline, on_stamp_backwards="drop")
+    drop.push(small0, 100)
+    event = drop.push(small1, 100)
+    assert event.dropped and "not newer" in event.note
+    assert drop.push(small1, 200).result is not None  # still matched to the frame at 100
+
+    reset = SequentialMatcher(pipeline, on_stamp_backwards="reset")
+    reset.push(small0, 100)
+    event = reset.push(small1, 50)
+    assert event.restarted and event.result is None
+    assert reset.push(small0, 60).tracks_reset
+
+
+def test_size_change_restarts_tracking(pipeline, coffee_pair):
+    image0, _, _ = coffee_pair
+    stream = SequentialMatcher(pipeline)
+    stream.push(image0[:200, :300], 1)
+    event = stream.push(image0[:240, :320], 2)
+    assert event.restarted and "size changed" in event.note
+
+
+def test_blank_frames_give_empty_valid_results(pipeline, coffee_pair):
+    image0, _, _ = coffee_pair
+    blank = np.full((240, 320, 3), 128, np.uint8)
+    stream = SequentialMatcher(pipeline)
+    stream.push(image0[:240, :320], 1)
+    event = stream.push(blank, 2)
+    result = event.result
+    assert result is not None and len(result) == 0
+    assert result.exit_reason == EXIT_NO_KEYPOINTS and result.num_keypoints1 == 0
+    assert result.keypoints0.shape == (0, 2) and result.track_ids.shape == (0,)
+    event = stream.push(blank, 3)
+    assert event.result is not None and len(event.result) == 0
