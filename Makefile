@@ -1,0 +1,21 @@
+# match_node: set-up, demo, tests. Every target runs the (idempotent) set-up first.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+ENV := source scripts/env.sh
+
+.PHONY: setup demo test test-fast clean
+
+setup:
+	scripts/setup.sh
+
+# Replays a real-image sequence through the real node with real weights; prints what was
+# published and writes out/demo/demo_matches.png and out/demo/demo_tracks.png.
+demo: setup
+	$(ENV) && python -m match_node.ros.demo --frames 12 --output out/demo
+
+# All tests (core, reference equivalence, real rclpy node). Minutes on 2 CPU cores.
+test: setup
+	$(ENV) && cd match_node && python -m pytest -q --timeout 900 test
+
+clean:
+	rm -rf build install log out .venv

@@ -1,0 +1,266 @@
+"""The real node over real DDS: integration, bad input, transports, parameters."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (run scripts/setup.sh)")
+
+from rosutil import Harness, image_msg, wait_until  # noqa: E402  (sets the DDS domain)
+
+import rclpy  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import CompressedImage  # noqa: E402
+
+from match_node.sequence import make_sequence, reprojection_errors  # noqa: E402
+
+FRAME_SIZE = (320, 240)
+
+
+@pytest.fixture(scope="module")
+def ros():
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def sequence():
+    return make_sequence("coffee", num_frames=5, size=FRAME_SIZE, step=5)
+
+
+def node_command() -> list[str]:
+    """The installed executable (what `ros2 run match_node match_node` runs), else the module."""
+    prefix = os.environ.get("COLCON_PREFIX_PATH", "").split(os.pathsep)[0]
+    for root in filter(None, [prefix] + os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        candidate = Path(root) / "lib" / "match_node" / "match_node"
+        if candidate.is_file():
+            return [sys.executable, str(candidate)]
+    return [sys.executable, "-m", "match_node.ros.node"]
+
+
+def test_node_process_end_to_end(ros, sequence):
+    """Run the node as its own process, namespaced and remapped, and check every message."""
+    process = subprocess.Popen(
+        node_command() + ["--ros-args", "-r", "__ns:=/robot", "-r", "image:=/robot/cam/image_raw",
+                          "-p", "device:=cpu", "-p", "max_keypoints:=512",
+                          "-p", "allow_download:=false"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    harness = Harness("/robot/cam/image_raw", "/robot/correspondences")
+    try:
+        harness.wait_for_subscriber(60)
+        stamps = [1_700_000_000_000_000_000 + i * 50_000_000 for i in range(len(sequence.frames))]
+        for i, (frame, stamp) in enumerate(zip(sequence.frames, stamps)):
+            harness.publisher.publish(image_msg(frame, stamp, "cam_optical", row_padding=4 * (i % 2)))
+            if i > 0:  # flow control: one frame in flight, so nothing is dropped as stale
+                wait_until(lambda: harness.count() >= i, 60, f"correspondences for frame {i}")
+            else:
+                time.sleep(0.5)
+        messages = harness.received
+        assert len(messages) == len(sequence.frames) - 1
+        previous_ids: dict[int, int] = {}
+        for t, msg in enumerate(messages, start=1):
+            stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+            reference = msg.reference_stamp.sec * 10**9 + msg.reference_stamp.nanosec
+            assert (stamp, reference) == (stamps[t], stamps[t - 1])
+            assert msg.header.frame_id == msg.reference_frame_id == "cam_optical"
+            assert (msg.current_width, msg.current_height) == FRAME_SIZE
+            n = len(msg.current_x)
+            assert n == len(msg.reference_x) == len(msg.confidence) == len(msg.track_id) > 100
+            ref = np.stack([msg.reference_x, msg.reference_y], 1)
+            cur = np.stack([msg.current_x, msg.current_y], 1)
+            errors = reprojection_errors(sequence.relative(t - 1, t), ref, cur)
+            assert (errors < 3).mean() > 0.95, f"frame {t}: precision {(errors < 3).mean():.3f}"
+            assert msg.extractor == "aliked-n16" and msg.matcher == "lightglue"
+            assert 1 <= msg.exit_layer <= msg.num_layers == 9
+            assert msg.extract_ms > 0 and msg.match_ms > 0 and msg.total_ms >= msg.match_ms
+            assert msg.frame_index == t and msg.dropped_frames == 0
+            assert msg.tracks_reset == (t == 1)
+            # Track continuity: a reference keypoint matched in the previous message keeps its id.
+            ids = dict(zip(np.asarray(msg.current_index).tolist(), np.asarray(msg.track_id).tolist()))
+            inherited = [previous_ids[r] == tid for r, tid in
+                         zip(np.asarray(msg.reference_index).tolist(), np.asarray(msg.track_id).tolist())
+                         if r in previous_ids]
+            if t > 1:
+                assert len(inherited) > 50 and all(inherited)
+            previous_ids = ids
+    finally:
+        harness.close()
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert process.returncode == 0, output
+    assert "aliked-n16 + lightglue on cpu" in output
+
+
+@pytest.fixture
+def node_factory(ros):
+    from match_node.ros.node import MatchNode
+
+    created = []
+
+    def make(**overrides):
+        parameters = {"device": "cpu", "max_keypoints": 256, "allow_download": False, **overrides}
+        node = MatchNode(namespace=f"/t{len(created)}_{os.getpid()}",
+                         parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
+        executor = MultiThreadedExecutor()
+        executor.add_node(node)
+        import threading
+        thread = threading.Thread(target=executor.spin, daemon=True)
+        thread.start()
+        created.append((node, executor))
+        return node
+
+    yield make
+    for node, executor in created:
+        executor.shutdown()
+        node.destroy_node()
+
+
+def published_after(harness, node, before: int, timeout: float = 60) -> None:
+    wait_until(lambda: node.counters.published > before and harness.count() > before, timeout,
+               "a correspondences message")
+
+
+def processed_after(node, before_total: int, timeout: float = 60) -> None:
+    wait_until(lambda: node.counters.processed + node.counters.dropped_invalid > before_total,
+               timeout, "the frame to be handled")
+
+
+def test_bad_input_is_dropped_or_reset_and_node_keeps_running(node_factory, sequence):
+    node = node_factory(on_stamp_backwards="drop", max_input_pixels=1_000_000)
+    ns = node.get_namespace()
+    harness = Harness(f"{ns}/image", f"{ns}/correspondences")
+    try:
+        harness.wait_for_subscriber()
+        frames = sequence.frames
+        handled = lambda: node.counters.processed + node.counters.dropped_invalid  # noqa: E731
+
+        def send(msg):
+            before = handled()
+            harness.publisher.publish(msg)
+            processed_after(node, before)
+
+        send(image_msg(frames[0], 10**9))
+        # Wrong encoding, empty, one-pixel and huge images: dropped, counted, logged.
+        bad = image_msg(frames[1], 2 * 10**9)
+        bad.encoding = "64FC1"
+        send(bad)
+        empty = image_msg(np.zeros((0, 0, 3), np.uint8), 3 * 10**9)
+        send(empty)
+        send(image_msg(np.zeros((1, 1, 3), np.uint8), 4 * 10**9))
+        huge = image_msg(np.zeros((2, 2, 3), np.uint8), 5 * 10**9)
+        huge.height, huge.width = 20000, 20000
+        send(huge)
+        truncated = image_msg(frames[1], 6 * 10**9)
+        truncated.data = truncated.data[:100]
+        send(truncated)
+        assert node.counters.dropped_invalid == 5
+        assert node.counters.published == 0
+        # A stamp going backwards is dropped under the 'drop' policy.
+        send(image_msg(frames[1], 10**9 - 1))
+        assert node.counters.dropped_stamp == 1
+        # A good frame is still matched against the first frame, and reports the drops.
+        send(image_msg(frames[1], 7 * 10**9))
+        wait_until(lambda: harness.count() == 1, 30, "a message after bad input")
+        msg = harness.received[0]
+        assert msg.dropped_frames == 6 and len(msg.current_x) > 50
+        assert msg.reference_stamp.sec == 1
+        # A blank frame gives an empty, valid message.
+        send(image_msg(np.full((240, 320, 3), 90, np.uint8), 8 * 10**9))
+        wait_until(lambda: harness.count() == 2, 30, "a message for a blank frame")
+        blank = harness.received[1]
+        assert len(blank.current_x) == 0 and blank.current_num_keypoints == 0
+        assert blank.exit_reason == blank.EXIT_NO_KEYPOINTS
+        # A size change restarts tracking (counted), the next frame matches again.
+        resets = node.counters.resets
+        send(image_msg(cv2.resize(frames[2], (160, 120)), 9 * 10**9))
+        assert node.counters.resets == resets + 1
+        send(image_msg(cv2.resize(frames[3], (160, 120)), 10 * 10**9))
+        wait_until(lambda: harness.count() == 3, 30, "a message after the size change")
+        assert harness.received[2].tracks_reset and harness.received[2].current_width == 160
+    finally:
+        harness.close()
+
+
+def test_stale_frames_are_dropped_not_queued(node_factory, sequence):
+    node = node_factory()
+    ns = node.get_namespace()
+    harness = Harness(f"{ns}/image", f"{ns}/correspondences")
+    try:
+        harness.wait_for_subscriber()
+        for i in range(8):  # far faster than a CPU can match
+            harness.publisher.publish(image_msg(sequence.frames[i % 5], (i + 1) * 10**8))
+            time.sleep(0.01)
+        wait_until(lambda: node.counters.received == 8, 30, "all frames received")
+        wait_until(lambda: node.counters.processed + node.counters.dropped_stale == 8, 120,
+                   "the worker to catch up")
+        c = node.counters
+        assert c.dropped_stale >= 1
+        assert c.published == c.processed - 1  # every processed frame but the first
+        wait_until(lambda: harness.count() == c.published, 30, "all messages")
+        assert sum(m.dropped_frames for m in harness.received) <= c.dropped_stale
+    finally:
+        harness.close()
+
+
+def test_compressed_transport(node_factory, sequence):
+    node = node_factory(image_transport="compressed")
+    ns = node.get_namespace()
+    harness = Harness(f"{ns}/image/compressed", f"{ns}/correspondences", compressed=True)
+    try:
+        harness.wait_for_subscriber()
+        for i in range(2):
+            msg = CompressedImage(format="jpeg")
+            msg.header.stamp.sec = i + 1
+            msg.data = cv2.imencode(".jpg", cv2.cvtColor(sequence.frames[i], cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+            harness.publisher.publish(msg)
+            if i == 0:
+                wait_until(lambda: node.counters.processed == 1, 60, "first frame")
+        wait_until(lambda: harness.count() == 1, 60, "a message from compressed input")
+        ref = np.stack([harness.received[0].reference_x, harness.received[0].reference_y], 1)
+        cur = np.stack([harness.received[0].current_x, harness.received[0].current_y], 1)
+        errors = reprojection_errors(sequence.relative(0, 1), ref, cur)
+        assert len(errors) > 100 and (errors < 3).mean() > 0.95
+    finally:
+        harness.close()
+
+
+def test_runtime_parameters_are_validated(node_factory):
+    node = node_factory()
+    result = node.set_parameters([Parameter("max_keypoints", value=128)])[0]
+    assert result.successful
+    wait_until(lambda: node.get_parameter("max_keypoints").value == 128, 5, "parameter set")
+    result = node.set_parameters([Parameter("max_keypoints", value=0)])[0]
+    assert not result.successful  # below the declared range
+    result = node.set_parameters([Parameter("on_stamp_backwards", value="rewind")])[0]
+    assert not result.successful and "one of" in result.reason
+    result = node.set_parameters([Parameter("extractor", value="aliked-n32")])[0]
+    assert not result.successful  # read-only: needs a model reload
+    node._apply_pending()
+    assert node.pipeline.params["max_keypoints"] == 128
+
+
+def test_bad_configuration_fails_with_one_clear_line(tmp_path):
+    out = subprocess.run(node_command() + ["--ros-args", "-p", "extractor:=superpoint-xl"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "fatal" in out.stderr and "extractor" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = subprocess.run(node_command() + ["--ros-args", "-p", f"matcher_weights:={tmp_path}/x.pth"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "x.pth" in out.stderr and "Traceback" not in out.stderr
