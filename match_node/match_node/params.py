@@ -127,6 +127,28 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("filter_threshold", 0.1,
               "Minimum match confidence for a match to be reported.", min=0.0, max=1.0,
               read_only=False),
+    # --- latency budget -------------------------------------------------------------------
+    ParamSpec("latency_budget_ms", 0.0,
+              "Per-frame latency budget in ms (decode + preprocess + extract + match + "
+              "publish); 0 disables it. LightGlue exits at the last layer that fits, and the "
+              "keypoint cap and extraction resolution adapt within their bounds.",
+              min=0.0, max=60000.0, read_only=False),
+    ParamSpec("budget_percentile", 95.0,
+              "Percentile of frame times the budget is planned for (prediction errors are "
+              "covered up to this percentile).", min=50.0, max=99.9, read_only=False),
+    ParamSpec("budget_target_layers", 3,
+              "LightGlue layers a frame should be able to afford under the budget; the "
+              "keypoint cap and resolution are lowered until they fit.", min=1, max=9,
+              read_only=False),
+    ParamSpec("min_keypoints", 128,
+              "Lower bound of the keypoint cap under the budget (max_keypoints is the upper; a "
+              "lower bound above it is taken as equal to it).",
+              min=1, max=32768, read_only=False),
+    ParamSpec("min_image_side", 320,
+              "Lower bound of the extraction resolution's longer side under the budget "
+              "(max_image_side, or the image itself, is the upper; a lower bound above it is "
+              "taken as equal to it).", min=32, max=8192,
+              read_only=False),
     ParamSpec("allow_download", True,
               "Download missing official weights from their official URL into the torch hub "
               "cache."),
@@ -144,6 +166,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               choices=("reset", "drop"), scope="node", read_only=False),
     ParamSpec("output_queue_depth", 10, "Depth of the reliable correspondences publisher.",
               min=1, max=1000, scope="node"),
+    ParamSpec("diagnostics_miss_warn", 0.05,
+              "Diagnostics WARN when this share of recent frames missed the latency budget.",
+              min=0.0, max=1.0, scope="node", read_only=False),
+    ParamSpec("diagnostics_miss_error", 0.25,
+              "Diagnostics ERROR when this share of recent frames missed the latency budget.",
+              min=0.0, max=1.0, scope="node", read_only=False),
+    ParamSpec("diagnostics_drop_warn", 0.2,
+              "Diagnostics WARN when this share of recent frames was dropped (stale or invalid).",
+              min=0.0, max=1.0, scope="node", read_only=False),
+    ParamSpec("diagnostics_drop_error", 0.6,
+              "Diagnostics ERROR when this share of recent frames was dropped or failed.",
+              min=0.0, max=1.0, scope="node", read_only=False),
 )
 
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}

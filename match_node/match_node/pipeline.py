@@ -15,16 +15,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from . import params as P
 from . import weights
+from .budget import FrameRecord, FrameSettings, LatencyBudget, calibrate_layers
 from .image import Prepared, prepare
 from .models.aliked import ALIKED
-from .models.lightglue import EXIT_NO_KEYPOINTS, LightGlue, MatchOutput
+from .models.lightglue import EXIT_NO_KEYPOINTS, LayerHook, LightGlue, MatchOutput
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Features:
     image_size: tuple[int, int]  # original (width, height)
     preprocess_ms: float = 0.0
     extract_ms: float = 0.0
+    working_size: tuple[int, int] = (0, 0)  # (width, height) the extractor ran at
+    keypoint_cap: int = 0
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])
@@ -80,6 +83,9 @@ class MatchResult:
     matcher: str
     track_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     layer_points: list[tuple[int, int]] = field(default_factory=list)
+    latency_budget_ms: float = 0.0
+    keypoint_cap: int = 0               # cap used for image 1's extraction
+    extraction_scale: float = 1.0       # image 1's working size / original size
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -111,6 +117,8 @@ class Pipeline:
             rename=LightGlue.rename_official_keys)
         self.extractor.eval().to(self.device)
         self.matcher.eval().to(self.device)
+        self.budget = LatencyBudget(clock=self._clock)
+        self._calibrated = False
         self._apply_runtime_params()
 
     @classmethod
@@ -140,6 +148,31 @@ class Pipeline:
         self.matcher.conf.update(depth_confidence=p["depth_confidence"],
                                  width_confidence=p["width_confidence"],
                                  filter_threshold=p["filter_threshold"])
+        self.budget.configure(p["latency_budget_ms"], p["budget_percentile"],
+                              p["min_keypoints"], p["max_keypoints"], p["min_image_side"],
+                              p["max_image_side"], p["budget_target_layers"])
+        if self.budget.enabled and not self._calibrated:
+            self.calibrate()
+
+    def calibrate(self) -> None:
+        """Seed the budget's layer-cost model by timing one LightGlue layer on random points
+        of a few sizes on this device (under a second on a CPU); frames refine it online."""
+        layer = self.matcher.transformers[0]
+        dim = self.matcher.conf["descriptor_dim"]
+        generator = torch.Generator(device="cpu").manual_seed(0)
+
+        @torch.no_grad()
+        def run(n: int) -> float:
+            desc = torch.randn(2, 1, n, dim, generator=generator).to(self.device)
+            pos = torch.rand(1, n, 2, generator=generator).to(self.device) * 2 - 1
+            encoding = self.matcher.posenc(pos)
+            start = self._clock()
+            with self._autocast():
+                layer(desc[0], desc[1], encoding, encoding)
+            return self._clock() - start
+
+        calibrate_layers(self.budget.cost, run)
+        self._calibrated = True
 
     # --- stages -----------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -151,41 +184,53 @@ class Pipeline:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    @torch.no_grad()
-    def extract(self, image: np.ndarray) -> Features:
-        """Detect and describe keypoints of one image (gray HxW or RGB HxWx3)."""
-        start = time.perf_counter()
-        prepared: Prepared = prepare(image, self.device, self.params["max_image_side"])
+    def _clock(self) -> float:
+        """Milliseconds, after the device has finished all queued work (true GPU timing)."""
         self._sync()
-        after_preprocess = time.perf_counter()
+        return time.perf_counter() * 1e3
+
+    @torch.no_grad()
+    def extract(self, image: np.ndarray, settings: FrameSettings | None = None) -> Features:
+        """Detect and describe keypoints of one image (gray HxW or RGB HxWx3).
+
+        `settings` (from the latency budget) override the keypoint cap and the resolution.
+        """
+        cap = settings.max_keypoints if settings else self.params["max_keypoints"]
+        side = settings.max_image_side if settings else self.params["max_image_side"]
+        start = self._clock()
+        prepared: Prepared = prepare(image, self.device, side)
+        after_preprocess = self._clock()
+        self.extractor.conf["max_num_keypoints"] = cap
         with self._autocast():
             out = self.extractor(prepared.tensor)
         keypoints = prepared.to_original(out["keypoints"][0].float())
         features = Features(keypoints, out["descriptors"][0].float(),
                             out["keypoint_scores"][0].float(), prepared.original_size)
-        self._sync()
-        end = time.perf_counter()
-        features.preprocess_ms = (after_preprocess - start) * 1e3
-        features.extract_ms = (end - after_preprocess) * 1e3
+        end = self._clock()
+        features.preprocess_ms = after_preprocess - start
+        features.extract_ms = end - after_preprocess
+        features.working_size = (int(prepared.tensor.shape[-1]), int(prepared.tensor.shape[-2]))
+        features.keypoint_cap = cap
         return features
 
     @torch.no_grad()
     def match_features(self, features0: Features, features1: Features,
-                       should_continue: Callable[[int, int, int], bool] | None = None,
-                       ) -> MatchResult:
+                       hook: LayerHook | None = None) -> MatchResult:
         """Match two frames' features; timings cover the match only plus image 1's
         preprocessing and extraction (image 0's features are assumed cached)."""
-        start = time.perf_counter()
+        start = self._clock()
         with self._autocast():
             out: MatchOutput = self.matcher(
                 features0.keypoints[None], features1.keypoints[None],
                 features0.descriptors[None], features1.descriptors[None],
                 torch.tensor([features0.image_size], device=self.device),
                 torch.tensor([features1.image_size], device=self.device),
-                should_continue=should_continue)
+                hook=hook)
         matches = out.matches.cpu().numpy()
         scores = out.scores.float().cpu().numpy()
-        match_ms = (time.perf_counter() - start) * 1e3
+        if hook is not None and hasattr(hook, "finish"):
+            hook.finish()
+        match_ms = self._clock() - start
         idx0, idx1 = matches[:, 0], matches[:, 1]
         kpts0 = features0.keypoints.cpu().numpy()[idx0]
         kpts1 = features1.keypoints.cpu().numpy()[idx1]
@@ -200,7 +245,9 @@ class Pipeline:
                      "extract_ms": features1.extract_ms, "match_ms": match_ms,
                      "total_ms": features1.preprocess_ms + features1.extract_ms + match_ms},
             extractor=self.extractor_name, matcher=self.matcher_name,
-            layer_points=out.layer_points)
+            layer_points=out.layer_points, latency_budget_ms=self.budget.budget_ms,
+            keypoint_cap=features1.keypoint_cap,
+            extraction_scale=features1.working_size[0] / max(features1.image_size[0], 1))
 
     def match(self, image0: np.ndarray, image1: np.ndarray) -> MatchResult:
         """Extract both images and match them (image 0 is the reference)."""
@@ -245,16 +292,24 @@ class SequentialMatcher:
         self.previous_stamp: int | None = None
         self.frame_index = -1
         self.tracks_reset_pending = True
+        self._record: FrameRecord | None = None
+        self._record_size: tuple[int, int] = (0, 0)
 
     def reset(self) -> None:
         self.previous = None
         self.previous_stamp = None
 
-    def push(self, image: np.ndarray, stamp_ns: int) -> StreamEvent:
-        """Process one frame; raises ImageError for unusable images (counted by the caller)."""
+    def push(self, image: np.ndarray, stamp_ns: int, started_ms: float | None = None) -> StreamEvent:
+        """Process one frame; raises ImageError for unusable images (counted by the caller).
+
+        `started_ms` is when the frame's latency budget started, on the pipeline's clock
+        (`pipeline.budget.clock()`), e.g. when the node took the frame; default: now.
+        """
+        self.finish_frame()  # the previous frame's record, if the caller did not close it
+        budget = self.pipeline.budget
+        start = budget.clock() if started_ms is None else started_ms
         self.frame_index += 1
         index = self.frame_index
-        start = time.perf_counter()
         if self.previous_stamp is not None and stamp_ns <= self.previous_stamp:
             note = (f"frame stamp {stamp_ns} ns is not newer than the previous "
                     f"{self.previous_stamp} ns")
@@ -262,10 +317,9 @@ class SequentialMatcher:
                 return StreamEvent(None, None, index, dropped=True, note=note + "; dropped")
             self.reset()
             note += "; tracking restarts at this frame"
-            features = self.pipeline.extract(image)
-            self._start(features, stamp_ns)
+            self._start(self._extract(image, start), stamp_ns)
             return StreamEvent(None, None, index, restarted=True, note=note)
-        features = self.pipeline.extract(image)
+        features = self._extract(image, start)
         if self.previous is None:
             self._start(features, stamp_ns)
             return StreamEvent(None, None, index, restarted=True)
@@ -275,17 +329,41 @@ class SequentialMatcher:
                     f"{features.image_size[1]}; tracking restarts at this frame")
             self._start(features, stamp_ns)
             return StreamEvent(None, None, index, restarted=True, note=note)
-        result = self.pipeline.match_features(self.previous, features)
+        deadline = budget.deadline(start)
+        result = self.pipeline.match_features(self.previous, features, hook=deadline)
         result.track_ids = self.tracker.update(len(features), result.indices0, result.indices1)
         reference_stamp = self.previous_stamp
         self.previous, self.previous_stamp = features, stamp_ns
-        result.timings["total_ms"] = (time.perf_counter() - start) * 1e3
+        result.timings["total_ms"] = budget.clock() - start
+        self._record.match_ms = result.timings["match_ms"]
+        self._record.total_ms = result.timings["total_ms"]
         event = StreamEvent(result, reference_stamp, index,
                             tracks_reset=self.tracks_reset_pending)
         self.tracks_reset_pending = False
         if result.exit_reason == EXIT_NO_KEYPOINTS and (len(features) == 0):
             event.note = "no keypoints in this frame (blank or textureless image)"
         return event
+
+    def _extract(self, image: np.ndarray, start: float) -> Features:
+        budget = self.pipeline.budget
+        features = self.pipeline.extract(image, budget.settings())
+        w, h = features.working_size
+        self._record = FrameRecord(
+            features.preprocess_ms, features.extract_ms, 0.0, budget.clock() - start, w * h,
+            len(features), features.keypoint_cap, max(w, h))
+        self._record_size = features.image_size
+        return features
+
+    def finish_frame(self, total_ms: float | None = None) -> None:
+        """Give the latency budget the frame's measurements. `total_ms` is the whole frame as
+        the caller saw it (e.g. including publishing); push() calls this itself for a frame
+        the caller did not finish."""
+        if self._record is None:
+            return
+        if total_ms is not None:
+            self._record.total_ms = total_ms
+        self.pipeline.budget.observe(self._record, self._record_size)
+        self._record = None
 
     def _start(self, features: Features, stamp_ns: int) -> None:
         self.tracker.start(len(features))

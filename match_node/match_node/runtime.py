@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -56,26 +57,62 @@ class LatestSlot(Generic[T]):
         return self._closed
 
 
-class RollingStats:
-    """Latency percentiles and frame rate over the last `window` frames."""
+@dataclass
+class FrameEvent:
+    time: float                  # monotonic seconds
+    kind: str                    # "published", "dropped" or "error"
+    latency_ms: float = float("nan")
+    missed: bool = False         # over the latency budget
+    exit_layer: int = 0
+
+
+class FrameStats:
+    """Statistics over the most recent frame events, for diagnostics.
+
+    Latency percentiles, publish rate, budget misses and the exit-layer histogram cover the
+    published frames among the last `window` events; drop and error rates cover all of them.
+    """
 
     def __init__(self, window: int = 300) -> None:
-        self._latencies: deque[float] = deque(maxlen=window)
-        self._times: deque[float] = deque(maxlen=window)
+        self._events: deque[FrameEvent] = deque(maxlen=window)
+        self._lock = threading.Lock()
 
-    def add(self, latency_ms: float, now: float | None = None) -> None:
-        self._latencies.append(latency_ms)
-        self._times.append(time.monotonic() if now is None else now)
+    def published(self, latency_ms: float, missed: bool, exit_layer: int,
+                  now: float | None = None) -> None:
+        self._add(FrameEvent(time.monotonic() if now is None else now, "published",
+                             latency_ms, missed, exit_layer))
 
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self._latencies, q)) if self._latencies else float("nan")
+    def dropped(self, now: float | None = None) -> None:
+        self._add(FrameEvent(time.monotonic() if now is None else now, "dropped"))
 
-    def rate_hz(self) -> float:
-        if len(self._times) < 2 or self._times[-1] <= self._times[0]:
-            return 0.0
-        return (len(self._times) - 1) / (self._times[-1] - self._times[0])
+    def error(self, now: float | None = None) -> None:
+        self._add(FrameEvent(time.monotonic() if now is None else now, "error"))
 
-    def summary(self) -> dict[str, Any]:
-        return {"rate_hz": self.rate_hz(), "p50_ms": self.percentile(50),
-                "p95_ms": self.percentile(95), "p99_ms": self.percentile(99),
-                "frames": len(self._latencies)}
+    def _add(self, event: FrameEvent) -> None:
+        with self._lock:
+            self._events.append(event)
+
+    def summary(self, num_layers: int = 9) -> dict[str, Any]:
+        with self._lock:
+            events = list(self._events)
+        published = [e for e in events if e.kind == "published"]
+        latencies = np.array([e.latency_ms for e in published])
+        times = [e.time for e in published]
+        rate = ((len(times) - 1) / (times[-1] - times[0])
+                if len(times) >= 2 and times[-1] > times[0] else 0.0)
+        histogram = np.bincount([e.exit_layer for e in published], minlength=num_layers + 1)
+
+        def pct(q: float) -> float:
+            return float(np.percentile(latencies, q)) if len(latencies) else float("nan")
+
+        count = max(len(events), 1)
+        return {
+            "rate_hz": rate,
+            "latency_p50_ms": pct(50), "latency_p95_ms": pct(95), "latency_p99_ms": pct(99),
+            "budget_miss_rate": (sum(e.missed for e in published) / len(published)
+                                 if published else 0.0),
+            "drop_rate": sum(e.kind == "dropped" for e in events) / count,
+            "error_rate": sum(e.kind == "error" for e in events) / count,
+            "exit_layer_histogram": histogram[1:].tolist(),  # frames that exited at layer 1..N
+            "window_frames": len(events),
+        }

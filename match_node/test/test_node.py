@@ -264,3 +264,42 @@ def test_bad_configuration_fails_with_one_clear_line(tmp_path):
     out = subprocess.run(node_command() + ["--ros-args", "-p", f"matcher_weights:={tmp_path}/x.pth"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "x.pth" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_latency_budget_in_messages_and_diagnostics(node_factory, sequence):
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from match_node_msgs.msg import Correspondences
+
+    node = node_factory(latency_budget_ms=1.0, diagnostics_miss_error=0.5)
+    ns = node.get_namespace()
+    harness = Harness(f"{ns}/image", f"{ns}/correspondences")
+    try:
+        harness.wait_for_subscriber()
+        for i in range(3):
+            harness.publisher.publish(image_msg(sequence.frames[i], (i + 1) * 10**9))
+            wait_until(lambda: node.counters.processed == i + 1, 60, f"frame {i}")
+        wait_until(lambda: harness.count() == 2, 30, "two messages")
+        for msg in harness.received:
+            # An impossible budget: the frame still completes, at the first layer.
+            assert msg.latency_budget_ms == 1.0
+            assert msg.exit_layer == 1 and msg.exit_reason == Correspondences.EXIT_BUDGET
+            assert msg.total_ms > 1.0 and msg.keypoint_cap >= 1
+            assert 0 < msg.extraction_scale <= 1.0
+            assert len(msg.current_x) > 20
+        assert node.counters.budget_misses == 2
+        status = node.diagnostic_status()
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.ERROR and "budget" in status.message
+        for key in ("rate_hz", "latency_p50_ms", "latency_p99_ms", "budget_miss_rate",
+                    "exit_layer_histogram", "keypoint_cap", "device", "dropped_stale"):
+            assert key in values
+        assert values["exit_layer_histogram"].startswith("[2, 0")
+
+        # The budget is switched off at run time: later frames run LightGlue's own exit.
+        assert node.set_parameters([Parameter("latency_budget_ms", value=0.0)])[0].successful
+        harness.publisher.publish(image_msg(sequence.frames[3], 4 * 10**9))
+        wait_until(lambda: harness.count() == 3, 60, "a message without budget")
+        last = harness.received[2]
+        assert last.latency_budget_ms == 0.0 and last.exit_reason != Correspondences.EXIT_BUDGET
+    finally:
+        harness.close()

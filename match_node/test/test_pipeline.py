@@ -108,3 +108,23 @@ def test_blank_frames_give_empty_valid_results(pipeline, coffee_pair):
     assert result.keypoints0.shape == (0, 2) and result.track_ids.shape == (0,)
     event = stream.push(blank, 3)
     assert event.result is not None and len(event.result) == 0
+
+
+def test_budget_generous_changes_nothing_tight_exits_early(coffee_pair):
+    from match_node.models.lightglue import EXIT_BUDGET
+    image0, image1, homography = coffee_pair
+    free = Pipeline(device="cpu", max_keypoints=512, allow_download=False)
+    generous = Pipeline(device="cpu", max_keypoints=512, allow_download=False,
+                        latency_budget_ms=60000.0)
+    a, b = free.match(image0, image1), generous.match(image0, image1)
+    assert np.array_equal(a.indices0, b.indices0) and a.exit_layer == b.exit_layer
+
+    # A budget that leaves no time for more than the first layer after extraction.
+    stream = SequentialMatcher(Pipeline(device="cpu", max_keypoints=512, allow_download=False,
+                                        latency_budget_ms=1.0))
+    stream.push(image0, 1)
+    result = stream.push(image1, 2).result
+    assert result.exit_reason == EXIT_BUDGET and result.exit_layer == 1
+    errors = reprojection_errors(homography, result.keypoints0, result.keypoints1)
+    assert len(result) > 50 and (errors < 3).mean() > 0.9
+    assert result.latency_budget_ms == 1.0

@@ -1,6 +1,6 @@
 import threading
 
-from match_node.runtime import LatestSlot, RollingStats
+from match_node.runtime import FrameStats, LatestSlot
 from match_node.tracker import Tracker
 
 import numpy as np
@@ -32,12 +32,20 @@ def test_latest_slot_wakes_waiting_worker_and_closes():
     assert not waiting.is_alive() and got[-1] is None
 
 
-def test_rolling_stats():
-    stats = RollingStats(window=10)
-    for i in range(20):
-        stats.add(float(i), now=i * 0.1)
-    assert stats.percentile(50) == pytest.approx(14.5)
-    assert stats.rate_hz() == pytest.approx(10.0)
+def test_frame_stats():
+    stats = FrameStats(window=20)
+    for i in range(16):
+        stats.published(float(i), missed=i >= 12, exit_layer=3 if i % 2 else 9, now=i * 0.1)
+    for _ in range(3):
+        stats.dropped(now=2.0)
+    stats.error(now=2.0)
+    summary = stats.summary(num_layers=9)
+    assert summary["latency_p50_ms"] == pytest.approx(7.5)
+    assert summary["rate_hz"] == pytest.approx(10.0)
+    assert summary["budget_miss_rate"] == pytest.approx(4 / 16)
+    assert summary["drop_rate"] == pytest.approx(3 / 20)
+    assert summary["error_rate"] == pytest.approx(1 / 20)
+    assert summary["exit_layer_histogram"] == [0, 0, 8, 0, 0, 0, 0, 0, 8]
 
 
 def test_tracker_inherits_and_issues_fresh_ids():

@@ -7,16 +7,16 @@ prune points that cannot match (adaptive width). The assignment of the exit laye
 log double-softmax with matchability priors; matches are mutual best entries above a
 threshold.
 
-Design for real time: `forward` accepts a `should_continue(layer, n0, n1)` callback consulted
-before every layer after the first, so a latency controller can stop the stack at a deadline
-without this module knowing about time. Numerics: keypoint normalisation, LayerNorm, softmax
+Design for real time: `forward` accepts a `hook` (see LayerHook) consulted before every
+layer and before the assignment, so a latency controller can time the layers and stop the
+stack at a deadline without this module knowing about time. Numerics: keypoint normalisation, LayerNorm, softmax
 and the log-assignment run in fp32 even under fp16 autocast.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -192,6 +192,17 @@ def filter_matches(scores: torch.Tensor, threshold: float):
     return (torch.where(valid0, m0, -1), torch.where(valid1, m1, -1), mscores0, mscores1)
 
 
+class LayerHook(Protocol):
+    """What a latency controller sees of the layer loop."""
+
+    def before_layer(self, layer: int, n0: int, n1: int) -> bool:
+        """Called before layer `layer` (0-based) with the active point counts. Returning
+        False stops the stack (honoured from layer 1 on: at least one layer always runs)."""
+
+    def before_assignment(self, layer: int, n0: int, n1: int) -> None:
+        """Called after the last layer that ran (`layer`), before the assignment."""
+
+
 @dataclass
 class MatchOutput:
     """Matches of one image pair (batch size 1) in compact form, on the model's device."""
@@ -266,12 +277,11 @@ class LightGlue(nn.Module):
     @torch.no_grad()
     def forward(self, kpts0: torch.Tensor, kpts1: torch.Tensor, desc0: torch.Tensor,
                 desc1: torch.Tensor, size0: torch.Tensor, size1: torch.Tensor,
-                should_continue: Callable[[int, int, int], bool] | None = None) -> MatchOutput:
+                hook: LayerHook | None = None) -> MatchOutput:
         """Match one pair. kpts: 1 x N x 2 pixels, desc: 1 x N x D, size: 1 x 2 (w, h).
 
-        should_continue(layer, n0, n1) is asked before running layer `layer` (0-based, >= 1)
-        with the current numbers of active points; returning False exits at the previous
-        layer with reason EXIT_BUDGET.
+        `hook.before_layer` may stop the stack before any layer after the first; the exit then
+        takes the previous layer's assignment, with reason EXIT_BUDGET.
         """
         if kpts0.shape[0] != 1 or kpts1.shape[0] != 1:
             raise ValueError("LightGlue.forward matches one pair at a time (batch size 1)")
@@ -302,8 +312,8 @@ class LightGlue(nn.Module):
         reason = EXIT_FULL_DEPTH
         layer = 0
         for layer in range(n_layers):
-            if layer > 0 and should_continue is not None and not should_continue(
-                    layer, desc0.shape[1], desc1.shape[1]):
+            if hook is not None and not hook.before_layer(layer, desc0.shape[1], desc1.shape[1]) \
+                    and layer > 0:
                 layer -= 1
                 reason = EXIT_BUDGET
                 break
@@ -339,6 +349,8 @@ class LightGlue(nn.Module):
             return MatchOutput(torch.empty((0, 2), dtype=torch.long, device=device),
                                torch.empty(0, device=device), layer + 1, EXIT_NO_KEYPOINTS,
                                n_layers, kept0, kept1, layer_points)
+        if hook is not None:
+            hook.before_assignment(layer, kept0, kept1)
         scores = self.log_assignment[layer](desc0, desc1)
         matches0, _, mscores0, _ = filter_matches(scores, self.conf["filter_threshold"])
         valid = matches0[0] > -1

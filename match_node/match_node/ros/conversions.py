@@ -32,8 +32,7 @@ def _typed(values: np.ndarray, typecode: str, dtype: str) -> array.array:
 
 def result_to_msg(result: MatchResult, header: Header, reference_header: Header,
                   pairing: int = Correspondences.PAIRING_SEQUENTIAL, frame_index: int = 0,
-                  dropped_frames: int = 0, tracks_reset: bool = False,
-                  latency_budget_ms: float = 0.0) -> Correspondences:
+                  dropped_frames: int = 0, tracks_reset: bool = False) -> Correspondences:
     msg = Correspondences()
     msg.header = header
     msg.reference_stamp = reference_header.stamp
@@ -63,7 +62,9 @@ def result_to_msg(result: MatchResult, header: Header, reference_header: Header,
     msg.extract_ms = float(t["extract_ms"])
     msg.match_ms = float(t["match_ms"])
     msg.total_ms = float(t["total_ms"])
-    msg.latency_budget_ms = float(latency_budget_ms)
+    msg.latency_budget_ms = float(result.latency_budget_ms)
+    msg.keypoint_cap = int(result.keypoint_cap)
+    msg.extraction_scale = float(result.extraction_scale)
     msg.frame_index = int(frame_index)
     msg.dropped_frames = int(dropped_frames)
     msg.tracks_reset = bool(tracks_reset)

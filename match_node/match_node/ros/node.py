@@ -10,6 +10,9 @@ Topics (relative, so namespaces and remapping apply):
               image/compressed   sensor_msgs/CompressedImage  (image_transport: compressed)
   publishes   correspondences    match_node_msgs/Correspondences
               /diagnostics       diagnostic_msgs/DiagnosticArray (1 Hz)
+
+The latency budget (`latency_budget_ms`) covers each frame from the moment the worker takes
+it (decoding included) to the message being published.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from std_msgs.msg import Header
 from .. import params as P
 from ..image import ImageError
 from ..pipeline import Pipeline, SequentialMatcher
-from ..runtime import LatestSlot, RollingStats
+from ..runtime import FrameStats, LatestSlot
 from ..weights import WeightsError
 from .conversions import image_to_array, result_to_msg, stamp_to_ns
 
@@ -49,6 +52,7 @@ class Counters:
     dropped_stamp: int = 0      # stamp not newer than the previous frame (policy 'drop')
     resets: int = 0             # tracking restarted (first frame, time jump, size change)
     errors: int = 0             # inference failures (e.g. out of memory)
+    budget_misses: int = 0      # published frames whose total time exceeded the budget
     unpublished_drops: int = field(default=0, repr=False)  # drops since the last message
 
     def dropped(self) -> int:
@@ -91,7 +95,7 @@ class MatchNode(Node):
             f"{self.pipeline.extractor_weights}, {self.pipeline.matcher_weights}")
 
         self.counters = Counters()
-        self.stats = RollingStats()
+        self.stats = FrameStats()
         self._last_error = ""
         self._reference_header: Header | None = None
         self._pending: dict[str, Any] = {}
@@ -125,6 +129,7 @@ class MatchNode(Node):
             with self._lock:
                 self.counters.dropped_stale += 1
                 self.counters.unpublished_drops += 1
+            self.stats.dropped()
 
     def _on_set_parameters(self, parameters: list) -> SetParametersResult:
         changes = {}
@@ -168,6 +173,7 @@ class MatchNode(Node):
         with self._lock:
             self.counters.errors += 1
             self.counters.unpublished_drops += 1
+        self.stats.error()
         self._last_error = f"{type(error).__name__}: {error}"
         if "out of memory" in str(error).lower():
             import torch
@@ -180,9 +186,13 @@ class MatchNode(Node):
         with self._lock:
             setattr(self.counters, counter, getattr(self.counters, counter) + 1)
             self.counters.unpublished_drops += 1
+        self.stats.dropped()
         self.get_logger().warning(f"frame dropped: {reason}", throttle_duration_sec=2.0)
 
     def _process(self, msg: Image | CompressedImage, received: float) -> None:
+        clock = self.pipeline.budget.clock
+        started = clock()  # the frame's latency budget starts here
+        wait_ms = (time.monotonic() - received) * 1e3
         header = msg.header
         if isinstance(msg, Image) and msg.height * msg.width > self.values["max_input_pixels"]:
             self._drop("dropped_invalid", f"{msg.width}x{msg.height} image exceeds "
@@ -193,7 +203,7 @@ class MatchNode(Node):
             if image.shape[0] * image.shape[1] > self.values["max_input_pixels"]:
                 raise ImageError(f"{image.shape[1]}x{image.shape[0]} image exceeds "
                                  f"max_input_pixels={self.values['max_input_pixels']}")
-            event = self.stream.push(image, stamp_to_ns(header.stamp))
+            event = self.stream.push(image, stamp_to_ns(header.stamp), started_ms=started)
         except ImageError as error:
             self._drop("dropped_invalid", str(error))
             return
@@ -213,36 +223,67 @@ class MatchNode(Node):
             out = result_to_msg(event.result, header, self._reference_header,
                                 frame_index=event.frame_index, dropped_frames=dropped,
                                 tracks_reset=event.tracks_reset)
-            # Latency from arrival in the callback to the message being ready.
-            out.total_ms = (time.monotonic() - received) * 1e3
+            out.wait_ms = wait_ms
+            out.total_ms = clock() - started
             self.publisher.publish(out)
+            total = clock() - started
+            budget = self.pipeline.budget.budget_ms
+            missed = budget > 0 and total > budget
             with self._lock:
                 self.counters.published += 1
-            self.stats.add(out.total_ms)
+                self.counters.budget_misses += int(missed)
+            self.stats.published(total, missed, out.exit_layer)
             if event.note:
                 self.get_logger().info(event.note, throttle_duration_sec=5.0)
+        self.stream.finish_frame(clock() - started)
         self._reference_header = header
 
     # --- diagnostics and shutdown -----------------------------------------------------------
-    def _publish_diagnostics(self) -> None:
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """The node's health: OK, WARN or ERROR by the thresholds in its parameters."""
         with self._lock:
-            counters = Counters(**{k: v for k, v in vars(self.counters).items()})
-        summary = self.stats.summary()
+            counters = Counters(**vars(self.counters))
+        summary = self.stats.summary(self.pipeline.matcher.conf["n_layers"])
+        v = self.values
+        budget = self.pipeline.budget
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: matching",
                                   hardware_id=str(self.pipeline.device))
-        if counters.errors and self._last_error:
-            status.level, status.message = DiagnosticStatus.WARN, f"errors: {self._last_error}"
-        elif counters.received == 0:
-            status.level, status.message = DiagnosticStatus.OK, "waiting for images"
+        failed_rate = summary["drop_rate"] + summary["error_rate"]
+        problems: list[tuple[int, str]] = []
+        if budget.enabled and summary["budget_miss_rate"] >= v["diagnostics_miss_error"]:
+            problems.append((DiagnosticStatus.ERROR, f"{summary['budget_miss_rate']:.0%} of frames over the "
+                             f"{budget.budget_ms:.0f} ms budget"))
+        elif budget.enabled and summary["budget_miss_rate"] >= v["diagnostics_miss_warn"]:
+            problems.append((DiagnosticStatus.WARN, f"{summary['budget_miss_rate']:.0%} of frames over the "
+                             f"{budget.budget_ms:.0f} ms budget"))
+        if failed_rate >= v["diagnostics_drop_error"]:
+            problems.append((DiagnosticStatus.ERROR, f"{failed_rate:.0%} of frames dropped or failed"))
+        elif summary["drop_rate"] >= v["diagnostics_drop_warn"]:
+            problems.append((DiagnosticStatus.WARN, f"{summary['drop_rate']:.0%} of frames dropped"))
+        if summary["error_rate"] > 0:
+            problems.append((DiagnosticStatus.WARN, f"inference errors: {self._last_error}"))
+        if self.pipeline.device_warning:
+            problems.append((DiagnosticStatus.WARN, self.pipeline.device_warning))
+        if problems:
+            status.level = bytes([max(level[0] for level, _ in problems)])
+            status.message = "; ".join(text for _, text in problems)
         else:
-            status.level, status.message = DiagnosticStatus.OK, "matching"
+            status.level = DiagnosticStatus.OK
+            status.message = "waiting for images" if counters.received == 0 else "matching"
+        settings = budget.settings()
         values = {**{k: v for k, v in vars(counters).items() if k != "unpublished_drops"},
-                  "dropped": counters.dropped(), **summary, "device": str(self.pipeline.device),
-                  "precision": "fp16" if self.pipeline.fp16 else "fp32",
-                  "max_keypoints": self.pipeline.params["max_keypoints"]}
-        status.values = [KeyValue(key=k, value=f"{v:.2f}" if isinstance(v, float) else str(v))
-                         for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
+                  "dropped": counters.dropped(), **summary,
+                  "latency_budget_ms": budget.budget_ms, "budget_percentile": budget.percentile,
+                  "keypoint_cap": settings.max_keypoints,
+                  "extraction_max_side": settings.max_image_side or "full",
+                  "device": str(self.pipeline.device),
+                  "precision": "fp16" if self.pipeline.fp16 else "fp32"}
+        status.values = [KeyValue(key=k, value=f"{x:.2f}" if isinstance(x, float) else str(x))
+                         for k, x in values.items()]
+        return status
+
+    def _publish_diagnostics(self) -> None:
+        array = DiagnosticArray(status=[self.diagnostic_status()])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(array)
 

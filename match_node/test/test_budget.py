@@ -1,0 +1,168 @@
+"""The latency budget's models and controller, with a simulated clock (no timing assertions)."""
+import numpy as np
+import pytest
+
+from match_node.budget import (CostModel, FrameRecord, LatencyBudget, OnlineLeastSquares,
+                               layer_features)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def true_layer_ms(n0: int, n1: int) -> float:
+    a, b = n0 / 1000, n1 / 1000
+    return 2.0 + 10 * (a + b) + 40 * (a * a + b * b) + 30 * a * b
+
+
+def test_online_least_squares_learns_a_layer_cost():
+    model = OnlineLeastSquares(4, forgetting=0.995)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n0, n1 = rng.integers(50, 2000, 2)
+        model.update(layer_features(n0, n1), true_layer_ms(n0, n1) * rng.uniform(0.97, 1.03))
+    for n in (100, 700, 1800):
+        assert model.predict(layer_features(n, n)) == pytest.approx(true_layer_ms(n, n), rel=0.08)
+
+
+def test_online_least_squares_tracks_a_change_of_device_speed():
+    model = OnlineLeastSquares(4, forgetting=0.95)
+    rng = np.random.default_rng(1)
+    for scale in (1.0, 3.0):  # e.g. thermal throttling on a Jetson
+        for _ in range(150):
+            n0, n1 = rng.integers(50, 2000, 2)
+            model.update(layer_features(n0, n1), scale * true_layer_ms(n0, n1))
+    assert model.predict(layer_features(1000, 1000)) == pytest.approx(3 * true_layer_ms(1000, 1000), rel=0.1)
+
+
+def run_layers(budget: LatencyBudget, clock: FakeClock, points: list[tuple[int, int]],
+               started: float = 0.0) -> int:
+    """Drive a FrameDeadline like LightGlue would; return the number of layers run."""
+    deadline = budget.deadline(started)
+    for layer, (n0, n1) in enumerate(points):
+        if not deadline.before_layer(layer, n0, n1) and layer > 0:
+            return layer
+        clock.now += true_layer_ms(n0, n1)
+    deadline.before_assignment(len(points) - 1, *points[-1])
+    clock.now += 1.0
+    deadline.finish()
+    return len(points)
+
+
+def trained_budget(budget_ms: float) -> tuple[LatencyBudget, FakeClock]:
+    clock = FakeClock()
+    budget = LatencyBudget(budget_ms=0.0, clock=clock)
+    for n in (128, 256, 512, 1024, 1536):  # calibration-like observations
+        for _ in range(3):
+            budget.cost.observe_layer(n, n, true_layer_ms(n, n))
+            budget.cost.observe_assignment(n, n, 1.0)
+    budget.configure(budget_ms, 95.0, 128, 1024, 320, 1024, 3)
+    return budget, clock
+
+
+def test_deadline_stops_at_the_last_layer_that_fits():
+    budget, clock = trained_budget(100.0)
+    clock.now = 50.0  # extraction used half the budget
+    per_layer = true_layer_ms(1000, 1000)  # 112 ms: not even one more layer fits
+    ran = run_layers(budget, clock, [(1000, 1000)] * 9, started=0.0)
+    assert ran == 1  # the first layer always runs
+    budget, clock = trained_budget(1000.0)
+    clock.now = 300.0
+    ran = run_layers(budget, clock, [(1000, 1000)] * 9, started=0.0)
+    # 700 ms left: 6 layers of 112 ms = 672 ms, plus the assignment and margin -> 5 or 6.
+    assert ran in (5, 6) and 300 + ran * per_layer <= 1000
+
+
+def test_deadline_uses_the_pruned_point_counts():
+    budget, clock = trained_budget(400.0)
+    pruned = [(1000, 1000), (800, 800), (400, 400), (200, 200), (100, 100), (50, 50),
+              (50, 50), (50, 50), (50, 50)]
+    ran = run_layers(budget, clock, pruned)
+    assert ran == 9  # shrinking layers all fit although 9 full layers would not
+    assert clock.now <= 400
+
+
+def test_disabled_budget_never_stops():
+    budget, clock = trained_budget(0.0)
+    assert run_layers(budget, clock, [(2000, 2000)] * 9) == 9
+
+
+def simulate(budget: LatencyBudget, clock: FakeClock, frames: int, ext_ms_per_mpix: float,
+             density: float, noise: float = 0.02, seed: int = 0) -> list[tuple[int, int, float]]:
+    """Frames of 640x480: extraction ~ pixels, matching by the fake layer cost."""
+    rng = np.random.default_rng(seed)
+    history = []
+    for _ in range(frames):
+        settings = budget.settings()
+        side = settings.max_image_side or 640
+        scale = min(1.0, side / 640)
+        pixels = 640 * 480 * scale * scale
+        points = int(min(settings.max_keypoints, density * pixels))
+        start = clock.now
+        extract = (5 + ext_ms_per_mpix * pixels / 1e6 + 0.01 * points) * rng.uniform(1 - noise, 1 + noise)
+        clock.now += extract
+        ran = run_layers(budget, clock, [(points, points)] * 9, started=start)
+        total = clock.now - start
+        budget.observe(FrameRecord(0.0, extract, total - extract, total, int(pixels), points,
+                                   settings.max_keypoints, side), (640, 480))
+        history.append((settings.max_keypoints, side, total, ran))
+    return history
+
+
+def test_controller_lowers_the_cap_where_matching_dominates_and_meets_the_budget():
+    budget, clock = trained_budget(150.0)
+    history = simulate(budget, clock, 80, ext_ms_per_mpix=20, density=0.005)  # 1536 detections
+    caps = [h[0] for h in history]
+    assert caps[-1] < 1024 and history[-1][1] == 640  # cap lowered, resolution kept
+    late = [h[2] for h in history[40:]]
+    assert max(late) <= 150.0
+    assert min(h[3] for h in history[40:]) >= 3  # the frame affords the target layers
+
+
+def test_controller_lowers_resolution_where_extraction_dominates():
+    budget, clock = trained_budget(250.0)
+    history = simulate(budget, clock, 80, ext_ms_per_mpix=800, density=0.0008)  # ~250 points
+    assert history[-1][1] < 640
+    assert max(h[2] for h in history[40:]) <= 250.0
+
+
+def test_controller_recovers_with_headroom_and_does_not_oscillate():
+    budget, clock = trained_budget(150.0)
+    simulate(budget, clock, 60, ext_ms_per_mpix=20, density=0.005)
+    low_cap = budget.settings().max_keypoints
+    budget.configure(1000.0, 95.0, 128, 1024, 320, 1024, 3)  # budget raised at run time
+    history = simulate(budget, clock, 80, ext_ms_per_mpix=20, density=0.005, seed=1)
+    caps = [h[0] for h in history]
+    assert caps[-1] == 1024 > low_cap
+    steps = np.sign(np.diff(caps))
+    steps = steps[steps != 0]
+    assert np.all(steps > 0), "the cap went back and forth while recovering"
+
+
+def test_steady_load_settles():
+    budget, clock = trained_budget(180.0)
+    history = simulate(budget, clock, 150, ext_ms_per_mpix=20, density=0.005, noise=0.05)
+    caps = np.array([h[0] for h in history[60:]])
+    changes = np.count_nonzero(np.diff(caps))
+    reversals = np.count_nonzero(np.diff(np.sign(np.diff(caps))[np.diff(caps) != 0]))
+    assert changes < 30 and reversals <= 4
+
+
+def test_bounds():
+    budget = LatencyBudget(budget_ms=100.0, min_keypoints=600, max_keypoints=500,
+                           min_image_side=900, max_image_side=800)
+    assert (budget.min_keypoints, budget.min_image_side) == (500, 800)
+    budget = LatencyBudget(budget_ms=0.0, max_keypoints=700, max_image_side=0)
+    assert budget.settings().max_keypoints == 700 and budget.settings().max_image_side == 0
+
+
+def test_cost_model_error_quantile_is_the_safety_factor():
+    cost = CostModel()
+    for i in range(60):
+        cost.observe_layer(500, 500, 20.0 * (1.3 if i % 10 == 0 else 1.0))
+    assert 0.9 <= cost.layer_error.factor(50) < 1.1
+    assert cost.layer_error.factor(99) > 1.15
