@@ -8,10 +8,10 @@ Two levels, both driven by cost models fitted online on the device at hand:
   budget; LightGlue then takes the assignment of the last layer that ran, as it does for its
   own confidence-based exit (which, with pruning, still applies first).
 * Across frames, `LatencyBudget` moves the keypoint cap and the extraction resolution within
-  their configured bounds so that the predicted frame time, at the target percentile of the
-  observed prediction errors, fits the budget while affording `target_layers` layers; it gives
-  them back when there is headroom. Steps are small and there is a dead band, so settings do
-  not oscillate.
+  their configured bounds so that a slow frame (the target percentile of the observed
+  prediction errors) still fits with one layer and a typical frame affords `target_layers`
+  layers; it gives them back when there is headroom. Steps are damped and there is a dead
+  band, so settings do not oscillate.
 
 Timing is true on the GPU: the clock synchronises the device at each decision point instead of
 reading host time over queued asynchronous work. No ROS, no networks: only counts and times.
@@ -35,7 +35,7 @@ class OnlineLeastSquares:
     """
 
     def __init__(self, num_features: int, forgetting: float = 0.98, relative: bool = True,
-                 prior: np.ndarray | None = None, prior_variance: float = 1e4) -> None:
+                 prior: np.ndarray | None = None, prior_variance: float = 1e8) -> None:
         self.weights = np.zeros(num_features) if prior is None else np.asarray(prior, float).copy()
         self.covariance = np.eye(num_features) * prior_variance
         self.forgetting = forgetting
@@ -54,7 +54,7 @@ class OnlineLeastSquares:
         self.weights = self.weights + gain * (target - features @ self.weights)
         self.covariance = (self.covariance - np.outer(gain, p_x)) / self.forgetting
         # Keep the covariance bounded when some feature is never excited.
-        np.clip(self.covariance, -1e6, 1e6, out=self.covariance)
+        np.clip(self.covariance, -1e10, 1e10, out=self.covariance)
         self.count += 1
 
 
@@ -123,6 +123,10 @@ class FrameSettings:
     """What the budget asks of the next frame's extraction."""
     max_keypoints: int
     max_image_side: int   # 0: no resizing
+    # None: the configured detection threshold. 0 (top-k) when the budget lowered the
+    # resolution: the frame then keeps as many keypoints as it had at full resolution, which
+    # keeps most of the correct matches (a fixed threshold loses keypoints with the pixels).
+    detection_threshold: float | None = None
 
 
 class FrameDeadline:
@@ -195,9 +199,9 @@ class LatencyBudget:
         self.clock = clock
         self.cost = CostModel()
         self.extraction = OnlineLeastSquares(3, forgetting=0.95)
-        self.extraction_error = ErrorQuantile(window=100)
+        self.extraction_error = ErrorQuantile(window=50)
         self._overhead_ms = 0.0     # preprocess + everything after the match, smoothed
-        self._density = 0.0         # keypoints found per working pixel, recent maximum
+        self._full_count = 0.0      # keypoints per frame at full resolution, smoothed
         self._native_side = 0       # long side of the incoming images
         self._native_pixels = 0
         self.keypoint_cap = float(max_keypoints)
@@ -237,9 +241,17 @@ class LatencyBudget:
 
     def settings(self) -> FrameSettings:
         side = int(round(self.image_side))
+        reduced = self.enabled and side < self._side_upper()
         if side >= self._side_upper() and not self.max_image_side:
             side = 0  # no resizing requested and none needed
-        return FrameSettings(int(round(self.keypoint_cap)), side)
+        cap = int(round(self.keypoint_cap))
+        if reduced and self._full_count:
+            return FrameSettings(max(1, int(min(cap, self._full_count))), side, 0.0)
+        return FrameSettings(cap, side)
+
+    def _points(self, cap: float) -> int:
+        """Keypoints a frame will have under this cap (at any resolution, see settings())."""
+        return int(min(cap, self._full_count)) if self._full_count else int(cap)
 
     def deadline(self, started_ms: float | None = None) -> FrameDeadline:
         return FrameDeadline(self, self.clock() if started_ms is None else started_ms, self.clock)
@@ -256,15 +268,22 @@ class LatencyBudget:
         return self._native_pixels * scale * scale
 
     def predict_frame_ms(self, cap: float, side: float) -> float:
-        """Predicted frame time at the target percentile if the frame runs `target_layers`."""
+        """Predicted frame time at these settings, as the larger of two requirements:
+
+        * safety: at the target percentile of the observed prediction errors, a slow frame
+          must still fit with a single layer (the deadline cuts the other layers);
+        * quality: a typical frame (median) must afford `target_layers` layers.
+        """
         pixels = self._pixels_at(side)
-        points = int(min(cap, self._density * pixels)) if self._density else int(cap)
+        points = self._points(cap)
         extraction = max(self.extraction.predict(extraction_features(pixels, points)), 0.0)
-        layers = self.target_layers * self.cost.predict_layer(points, points)
-        matching = layers + self.cost.predict_assignment(points, points)
+        layer = self.cost.predict_layer(points, points)
+        assignment = self.cost.predict_assignment(points, points)
         p = self.percentile
-        return (self.extraction_error.factor(p) * extraction
-                + self.cost.layer_error.factor(p) * matching + self._overhead_ms)
+        last = self.cost.layer_error.factor(p) * (layer + assignment)  # as the deadline sees it
+        safety = self.extraction_error.factor(p) * extraction + last
+        typical = extraction + (self.target_layers - 1) * layer + last
+        return max(safety, typical) + self._overhead_ms
 
     # --- control ----------------------------------------------------------------------------
     def observe(self, record: FrameRecord, native_size: tuple[int, int]) -> None:
@@ -281,46 +300,79 @@ class LatencyBudget:
         self.extraction.update(features, record.extract_ms)
         overhead = max(record.total_ms - record.extract_ms - record.match_ms, 0.0)
         self._overhead_ms = overhead if self._overhead_ms == 0 else 0.8 * self._overhead_ms + 0.2 * overhead
-        if record.working_pixels:
-            density = record.detected / record.working_pixels
-            if record.detected < record.keypoint_cap:  # not capped: a true density reading
-                self._density = max(density, 0.9 * self._density)
-            else:
-                self._density = max(self._density, density)
+        if record.image_side >= self._side_upper() and record.detected < record.keypoint_cap:
+            # A full-resolution frame that the cap did not limit: the scene's keypoint count.
+            self._full_count = (record.detected if not self._full_count
+                                else 0.8 * self._full_count + 0.2 * record.detected)
+        elif not self._full_count:
+            self._full_count = float(record.detected)
         if self.enabled and self.extraction.count >= 3 and self.cost.layer.count >= 5:
             self._adapt()
 
     def _adapt(self) -> None:
+        """Move the settings halfway towards those whose predicted time fits the budget.
+
+        Down: the cap where the matcher dominates (its cost is superlinear in points), the
+        resolution where the dense extractor does. Up, with headroom: resolution first (it
+        also brings keypoints back), then the cap, by at most 10% per frame. Settings aim at
+        95% of the budget, and a dead band between 88% and 97% keeps them still under a
+        steady load.
+        """
         cap, side = self.keypoint_cap, self.image_side
         demand = self.predict_frame_ms(cap, side)
-        ratio = demand / self.budget_ms
-        self.last_demand_ratio = ratio
-        pixels = self._pixels_at(side)
-        detected = self._density * pixels
+        self.last_demand_ratio = demand / self.budget_ms
         side_low = min(self.min_image_side, self._side_upper())
-        if ratio > 1.0:
-            step = float(np.clip(ratio ** -0.5, 0.85, 0.98))
-            # Where the dense extractor dominates, only a smaller image helps; otherwise
-            # fewer keypoints cut the matcher's superlinear cost first.
-            extraction_share = 1.0 - self.target_layers * self.cost.predict_layer(
-                int(min(cap, detected)), int(min(cap, detected))) / max(demand, 1e-6)
-            cap_binds = cap < detected * 1.05
-            if (extraction_share > 0.5 or cap <= self.min_keypoints) and side > side_low:
-                side = max(side * step, side_low)
-            elif cap > self.min_keypoints:
-                # Bring the cap down to where it binds before shrinking it.
-                cap = max(min(cap, detected) * (step if cap_binds else 1.0), self.min_keypoints)
+        side_high = self._side_upper()
+        goal = 0.95 * self.budget_ms  # plan a little below the budget, not on its edge
+        if demand > 0.97 * self.budget_ms:
+            points = self._points(cap)
+            matching = self.target_layers * self.cost.predict_layer(int(points), int(points))
+            if (matching > 0.5 * demand or side <= side_low) and cap > self.min_keypoints:
+                # Bring the cap to where it binds, then to what fits.
+                top = min(cap, max(points, self.min_keypoints))
+                target = self._largest_fitting(lambda c: self.predict_frame_ms(c, side),
+                                               self.min_keypoints, top, goal)
+                cap = self._approach(cap, target, down=True)
             elif side > side_low:
-                side = max(side * step, side_low)
-        elif ratio < 0.85:
-            # Headroom: give back resolution first (it also brings keypoints), then the cap.
-            if side < self._side_upper():
-                side = min(side * 1.03, self._side_upper())
+                target = self._largest_fitting(lambda x: self.predict_frame_ms(cap, x),
+                                               side_low, side, goal)
+                side = self._approach(side, target, down=True)
+        elif demand < 0.88 * self.budget_ms:
+            if side < side_high:
+                target = self._largest_fitting(lambda x: self.predict_frame_ms(cap, x),
+                                               side, side_high, goal)
+                side = self._approach(side, target, down=False)
             elif cap < self.max_keypoints:
-                cap = min(cap * 1.05, self.max_keypoints)
+                target = self._largest_fitting(lambda c: self.predict_frame_ms(c, side),
+                                               cap, self.max_keypoints, goal)
+                cap = self._approach(cap, target, down=False)
         if (round(cap), round(side)) != (round(self.keypoint_cap), round(self.image_side)):
             self.adjustments += 1
         self.keypoint_cap, self.image_side = cap, side
+
+    @staticmethod
+    def _largest_fitting(cost: Callable[[float], float], low: float, high: float,
+                         limit: float) -> float:
+        """Largest x in [low, high] with cost(x) <= limit (cost grows with x); low if none."""
+        if cost(high) <= limit:
+            return high
+        if cost(low) > limit:
+            return low
+        for _ in range(20):
+            middle = 0.5 * (low + high)
+            low, high = (middle, high) if cost(middle) <= limit else (low, middle)
+        return low
+
+    @staticmethod
+    def _approach(current: float, target: float, down: bool) -> float:
+        """Halfway to the target: fast enough to catch an overload within a few frames,
+        damped so that model errors do not make the setting overshoot and oscillate."""
+        if down:
+            return min(current, current + 0.5 * (target - current))
+        if target <= current:
+            return current
+        step = min(current + 0.5 * (target - current), current * 1.10)
+        return target if target - step < 0.02 * target else step  # finish, no endless creep
 
 
 def calibrate_layers(cost: CostModel, run_layer: Callable[[int], float],
@@ -330,3 +382,16 @@ def calibrate_layers(cost: CostModel, run_layer: Callable[[int], float],
         run_layer(n)  # warm-up of kernels and allocator at this size
         for _ in range(repeats):
             cost.observe_layer(n, n, run_layer(n))
+
+
+def calibrate_extraction(budget: "LatencyBudget",
+                         run_extraction: Callable[[int, int], tuple[float, int]],
+                         sizes: tuple[tuple[int, int], ...] = ((320, 240), (640, 480)),
+                         repeats: int = 2) -> None:
+    """Seed the extraction model: `run_extraction(w, h)` extracts an image of that size and
+    returns (ms, keypoints found). Two sizes separate the per-pixel cost from the fixed one."""
+    for w, h in sizes:
+        run_extraction(w, h)
+        for _ in range(repeats):
+            ms, keypoints = run_extraction(w, h)
+            budget.extraction.update(extraction_features(w * h, keypoints), ms)

@@ -22,7 +22,8 @@ import torch
 
 from . import params as P
 from . import weights
-from .budget import FrameRecord, FrameSettings, LatencyBudget, calibrate_layers
+from .budget import (FrameRecord, FrameSettings, LatencyBudget, calibrate_extraction,
+                     calibrate_layers)
 from .image import Prepared, prepare
 from .models.aliked import ALIKED
 from .models.lightglue import EXIT_NO_KEYPOINTS, LayerHook, LightGlue, MatchOutput
@@ -155,8 +156,9 @@ class Pipeline:
             self.calibrate()
 
     def calibrate(self) -> None:
-        """Seed the budget's layer-cost model by timing one LightGlue layer on random points
-        of a few sizes on this device (under a second on a CPU); frames refine it online."""
+        """Seed the budget's cost models on this device: one LightGlue layer on random points
+        of a few sizes, and the extractor on a synthetic image at two sizes (about three
+        seconds on a 2-core CPU, once). Frames refine the models online."""
         layer = self.matcher.transformers[0]
         dim = self.matcher.conf["descriptor_dim"]
         generator = torch.Generator(device="cpu").manual_seed(0)
@@ -172,6 +174,17 @@ class Pipeline:
             return self._clock() - start
 
         calibrate_layers(self.budget.cost, run)
+
+        def extract(w: int, h: int) -> tuple[float, int]:
+            # Random texture at several scales: about as many keypoints as a real scene.
+            image = sum(torch.nn.functional.interpolate(
+                torch.rand(1, 1, h // f, w // f, generator=generator), size=(h, w),
+                mode="bilinear") for f in (4, 16, 64)) / 3
+            image = (image[0, 0].clamp(0, 1).numpy() * 255).astype(np.uint8)
+            features = self.extract(image, FrameSettings(self.params["max_keypoints"], 0))
+            return features.extract_ms, len(features)
+
+        calibrate_extraction(self.budget, extract)
         self._calibrated = True
 
     # --- stages -----------------------------------------------------------------------------
@@ -197,10 +210,13 @@ class Pipeline:
         """
         cap = settings.max_keypoints if settings else self.params["max_keypoints"]
         side = settings.max_image_side if settings else self.params["max_image_side"]
+        threshold = self.params["detection_threshold"]
+        if settings is not None and settings.detection_threshold is not None:
+            threshold = settings.detection_threshold
         start = self._clock()
         prepared: Prepared = prepare(image, self.device, side)
         after_preprocess = self._clock()
-        self.extractor.conf["max_num_keypoints"] = cap
+        self.extractor.conf.update(max_num_keypoints=cap, detection_threshold=threshold)
         with self._autocast():
             out = self.extractor(prepared.tensor)
         keypoints = prepared.to_original(out["keypoints"][0].float())
