@@ -100,51 +100,105 @@ class SDDH(nn.Module):
         self.sf_conv = nn.Conv2d(dim, dim, 1, bias=False)
         self.agg_weights = nn.Parameter(torch.empty(n_pos, dim, dim))
 
-    def _patches(self, features: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-        """k x k patches whose top-left corner sits (k/2 - 1) pixels up-left of each keypoint.
+    def _patch_pixels(self, keypoints: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Pixels (x, y) of the k x k patch around each keypoint, N x k x k x 2.
 
-        The corner is clamped so that the patch stays one pixel inside the right and bottom
-        edges, as in the official implementation (the checkpoints were trained with it).
+        The top-left corner sits (k/2 - 1) pixels up-left of the keypoint and is clamped so
+        that the patch stays one pixel inside the right and bottom edges, as in the official
+        implementation (the checkpoints were trained with it).
         """
-        c, h, w = features.shape
+        w, h = size
         k = self.kernel_size
         corner = torch.trunc(keypoints.floor() - k / 2 + 1).long()
         cx = corner[:, 0].clamp(0, w - 1 - k)
         cy = corner[:, 1].clamp(0, h - 1 - k)
-        steps = torch.arange(k, device=features.device)
-        rows = (cy[:, None] + steps[None]).view(-1, k, 1)        # N x k x 1
-        cols = (cx[:, None] + steps[None]).view(-1, 1, k)        # N x 1 x k
-        flat = (rows * w + cols).reshape(-1)                     # N*k*k
-        patches = features.reshape(c, h * w)[:, flat]            # C x N*k*k
-        return patches.view(c, -1, k, k).transpose(0, 1)         # N x C x k x k
+        steps = torch.arange(k, device=keypoints.device)
+        xs = (cx[:, None] + steps[None])[:, None, :].expand(-1, k, -1)   # N x k x k
+        ys = (cy[:, None] + steps[None])[:, :, None].expand(-1, -1, k)
+        return torch.stack([xs, ys], -1)
 
-    def forward(self, feature_map: torch.Tensor, keypoints: list[torch.Tensor]) -> list[torch.Tensor]:
-        b, c, h, w = feature_map.shape
-        scale = feature_map.new_tensor([w - 1, h - 1])
+    def forward(self, features: "FeatureSource", keypoints: torch.Tensor) -> torch.Tensor:
+        """Descriptors (N x C, unit norm) of one image's keypoints (N x 2 pixels)."""
+        w, h = features.size
+        c = features.channels
+        n = keypoints.shape[0]
+        if n == 0:
+            return keypoints.new_zeros((0, c))
         limit = max(h, w) / 4.0
-        descriptors = []
-        for features, kpts in zip(feature_map, keypoints):
-            n = kpts.shape[0]
-            if n == 0:
-                descriptors.append(feature_map.new_zeros((0, c)))
-                continue
-            patch = self._patches(features, kpts)
-            offsets = self.offset_conv(patch).clamp(-limit, limit)         # N x 2P x 1 x 1
-            offsets = offsets.view(n, 2, self.n_pos).transpose(1, 2)      # N x P x 2 (x, y)
-            positions = kpts[:, None, :] + offsets
-            grid = (2.0 * positions / scale - 1.0).reshape(1, n * self.n_pos, 1, 2)
-            sampled = F.grid_sample(features[None], grid, mode="bilinear", align_corners=True)
-            sampled = sampled.view(c, n, self.n_pos, 1).transpose(0, 1)    # N x C x P x 1
-            sampled = F.selu(self.sf_conv(sampled)).squeeze(-1)           # N x C x P
-            desc = torch.einsum("ncp,pcd->nd", sampled, self.agg_weights)
-            descriptors.append(F.normalize(desc, p=2.0, dim=1))
-        return descriptors
+        k = self.kernel_size
+        patch = features.at_pixels(self._patch_pixels(keypoints, (w, h)).reshape(-1, 2))
+        patch = patch.view(n, k, k, c).permute(0, 3, 1, 2)                # N x C x k x k
+        offsets = self.offset_conv(patch).clamp(-limit, limit)           # N x 2P x 1 x 1
+        offsets = offsets.view(n, 2, self.n_pos).transpose(1, 2)        # N x P x 2 (x, y)
+        positions = keypoints[:, None, :] + offsets
+        sampled = features.bilinear(positions.reshape(-1, 2))             # N*P x C
+        sampled = sampled.view(n, self.n_pos, c).permute(0, 2, 1)[..., None]  # N x C x P x 1
+        sampled = F.selu(self.sf_conv(sampled)).squeeze(-1)             # N x C x P
+        desc = torch.einsum("ncp,pcd->nd", sampled, self.agg_weights)
+        return F.normalize(desc, p=2.0, dim=1)
+
+
+class FeatureSource:
+    """ALIKED's full-resolution feature map of one image, evaluated only where it is read.
+
+    The map is the L2-normalised concatenation of four branches at 1, 1/2, 1/8 and 1/32
+    resolution, each bilinearly upsampled (align_corners=True) to full resolution. The
+    descriptor head reads it at a few thousand pixels, so instead of materialising the
+    128-channel full-resolution map, each requested pixel's value is interpolated from the
+    branches directly: the same numbers, without most of the extractor's memory traffic.
+    Bilinear sampling between pixels (zero outside the image) follows F.grid_sample.
+    """
+
+    def __init__(self, branches: list[torch.Tensor], padded_size: tuple[int, int],
+                 offset: tuple[int, int], size: tuple[int, int]) -> None:
+        self.branches = branches          # each 1 x C_i x h_i x w_i, padded image
+        self.padded_size = padded_size    # (W, H) of the padded image
+        self.offset = offset              # (left, top) padding
+        self.size = size                  # (w, h) of the image
+        self.channels = sum(b.shape[1] for b in branches)
+
+    def at_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised features at integer pixels (M x 2, x and y inside the image): M x C."""
+        pw, ph = self.padded_size
+        x = (pixels[:, 0] + self.offset[0]).to(self.branches[0].dtype)
+        y = (pixels[:, 1] + self.offset[1]).to(self.branches[0].dtype)
+        grid = torch.stack([2 * x / (pw - 1) - 1, 2 * y / (ph - 1) - 1], -1).view(1, -1, 1, 2)
+        parts = []
+        for branch in self.branches:
+            if branch.shape[-2:] == (ph, pw):  # full resolution: plain indexing
+                xi, yi = x.long(), y.long()
+                parts.append(branch[0][:, yi, xi].t())
+            else:
+                sampled = F.grid_sample(branch, grid, mode="bilinear", align_corners=True)
+                parts.append(sampled[0, :, :, 0].t())
+        return F.normalize(torch.cat(parts, 1), p=2, dim=1)
+
+    def bilinear(self, positions: torch.Tensor) -> torch.Tensor:
+        """Bilinear interpolation of the normalised map at M x 2 pixel positions, zero
+        outside the image (as F.grid_sample with align_corners=True and zero padding)."""
+        w, h = self.size
+        base = positions.floor()
+        frac = positions - base
+        base = base.long()
+        result = None
+        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            px, py = base[:, 0] + dx, base[:, 1] + dy
+            weight = (frac[:, 0] if dx else 1 - frac[:, 0]) * (frac[:, 1] if dy else 1 - frac[:, 1])
+            inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+            values = self.at_pixels(torch.stack([px.clamp(0, w - 1), py.clamp(0, h - 1)], 1))
+            term = values * (weight * inside)[:, None]
+            result = term if result is None else result + term
+        return result
 
 
 def _nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
     """Keep local maxima within `radius`, with two rounds of suppression-aware re-detection."""
     def max_pool(x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(x, kernel_size=2 * radius + 1, stride=1, padding=radius)
+        # A square max filter is separable: rows then columns gives the same maxima at
+        # 2k instead of k^2 comparisons per pixel.
+        k = 2 * radius + 1
+        x = F.max_pool2d(x, kernel_size=(1, k), stride=1, padding=(0, radius))
+        return F.max_pool2d(x, kernel_size=(k, 1), stride=1, padding=(radius, 0))
 
     zeros = torch.zeros_like(scores)
     is_max = scores == max_pool(scores)
@@ -202,32 +256,52 @@ class ALIKED(nn.Module):
         self.register_buffer("window_xy", torch.stack([gx, gy], -1).view(-1, 2), persistent=False)
 
     # --- dense maps -------------------------------------------------------------------------
-    def dense_maps(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feature map (BxDxHxW, unit norm per pixel) and score map (Bx1xHxW, in [0, 1])."""
+    def branches(self, image: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """The four aggregation branches (SELU(1x1 conv) of each encoder stage) of the image
+        padded to a multiple of 32, and the (left, top) padding."""
         h, w = image.shape[-2:]
         # The encoder downsamples by 32: pad (replicating edges, split evenly) to a multiple.
         pad_h, pad_w = (-h) % 32, (-w) % 32
         top, left = pad_h // 2, pad_w // 2
         x = F.pad(image, (left, pad_w - left, top, pad_h - top), mode="replicate")
-
         x1 = self.block1(x)
         x2 = self.block2(F.avg_pool2d(x1, 2))
         x3 = self.block3(F.avg_pool2d(x2, 4))
         x4 = self.block4(F.avg_pool2d(x3, 4))
+        branches = [F.selu(conv(t)) for conv, t in
+                    ((self.conv1, x1), (self.conv2, x2), (self.conv3, x3), (self.conv4, x4))]
+        return branches, (left, top)
 
-        def up(t: torch.Tensor, factor: int) -> torch.Tensor:
-            return F.interpolate(t, scale_factor=factor, mode="bilinear", align_corners=True)
+    def score_map(self, branches: list[torch.Tensor], image_size: tuple[int, int],
+                  offset: tuple[int, int]) -> torch.Tensor:
+        """Keypoint score map (B x 1 x h x w, in [0, 1]).
 
-        merged = torch.cat([
-            F.selu(self.conv1(x1)),
-            up(F.selu(self.conv2(x2)), 2),
-            up(F.selu(self.conv3(x3)), 8),
-            up(F.selu(self.conv4(x4)), 32),
-        ], dim=1)
-        scores = torch.sigmoid(self.score_head(merged))
-        features = F.normalize(merged, p=2, dim=1)
-        crop = (..., slice(top, top + h), slice(left, left + w))
-        return features[crop].contiguous(), scores[crop].contiguous()
+        The head starts with a 1x1 convolution over the concatenated, upsampled branches.
+        Both operations are linear, so it equals the sum of per-branch 1x1 convolutions
+        upsampled afterwards: 8 channels are upsampled instead of 4 x 32.
+        """
+        weight = self.score_head[0].weight                         # 8 x dim x 1 x 1
+        parts = weight.split([b.shape[1] for b in branches], dim=1)
+        full = branches[0].shape[-2:]
+        merged = F.conv2d(branches[0], parts[0])
+        for branch, part in zip(branches[1:], parts[1:]):
+            merged = merged + F.interpolate(F.conv2d(branch, part), size=full, mode="bilinear",
+                                            align_corners=True)
+        scores = torch.sigmoid(self.score_head[1:](merged))
+        (w, h), (left, top) = image_size, offset
+        return scores[..., top:top + h, left:left + w].contiguous()
+
+    def dense_maps(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full feature map (B x D x H x W, unit norm per pixel) and score map, as the
+        official implementation computes them: for tests and visualisation. Extraction
+        itself never builds the full feature map (see FeatureSource)."""
+        h, w = image.shape[-2:]
+        branches, (left, top) = self.branches(image)
+        full = branches[0].shape[-2:]
+        merged = torch.cat([branches[0]] + [
+            F.interpolate(b, size=full, mode="bilinear", align_corners=True) for b in branches[1:]], 1)
+        features = F.normalize(merged, p=2, dim=1)[..., top:top + h, left:left + w]
+        return features.contiguous(), self.score_map(branches, (w, h), (left, top))
 
     # --- detection --------------------------------------------------------------------------
     def detect(self, scores: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -289,8 +363,13 @@ class ALIKED(nn.Module):
         """
         if image.shape[1] == 1:
             image = image.expand(-1, 3, -1, -1)
-        features, scores = self.dense_maps(image)
+        h, w = image.shape[-2:]
+        branches, offset = self.branches(image)
+        scores = self.score_map(branches, (w, h), offset)
         keypoints, keypoint_scores = self.detect(scores)
-        descriptors = self.desc_head(features, keypoints)
+        padded = (branches[0].shape[-1], branches[0].shape[-2])
+        descriptors = [
+            self.desc_head(FeatureSource([b[i:i + 1] for b in branches], padded, offset, (w, h)), kpts)
+            for i, kpts in enumerate(keypoints)]
         return {"keypoints": keypoints, "keypoint_scores": keypoint_scores,
                 "descriptors": descriptors}
