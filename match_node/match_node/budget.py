@@ -123,9 +123,11 @@ class FrameSettings:
     """What the budget asks of the next frame's extraction."""
     max_keypoints: int
     max_image_side: int   # 0: no resizing
-    # None: the configured detection threshold. 0 (top-k) when the budget lowered the
-    # resolution: the frame then keeps as many keypoints as it had at full resolution, which
-    # keeps most of the correct matches (a fixed threshold loses keypoints with the pixels).
+    # None: the configured detection threshold. When the budget lowered the resolution, a
+    # quarter of it, with the cap at the scene's full-resolution keypoint count: the frame
+    # keeps about as many keypoints as at full resolution, which keeps most of the correct
+    # matches (a fixed threshold loses keypoints with the pixels), while a textureless scene
+    # still does not get keypoints on noise.
     detection_threshold: float | None = None
 
 
@@ -195,8 +197,10 @@ class LatencyBudget:
     def __init__(self, budget_ms: float = 0.0, percentile: float = 95.0,
                  min_keypoints: int = 128, max_keypoints: int = 1024,
                  min_image_side: int = 320, max_image_side: int = 1024,
-                 target_layers: int = 3, clock: Callable[[], float] = host_clock) -> None:
+                 target_layers: int = 3, detection_threshold: float = 0.2,
+                 clock: Callable[[], float] = host_clock) -> None:
         self.clock = clock
+        self.detection_threshold = detection_threshold  # the extractor's configured one
         self.cost = CostModel()
         self.extraction = OnlineLeastSquares(3, forgetting=0.95)
         self.extraction_error = ErrorQuantile(window=50)
@@ -246,7 +250,8 @@ class LatencyBudget:
             side = 0  # no resizing requested and none needed
         cap = int(round(self.keypoint_cap))
         if reduced and self._full_count:
-            return FrameSettings(max(1, int(min(cap, self._full_count))), side, 0.0)
+            return FrameSettings(max(1, int(min(cap, self._full_count))), side,
+                                 self.detection_threshold / 4)
         return FrameSettings(cap, side)
 
     def _points(self, cap: float) -> int:

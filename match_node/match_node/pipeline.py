@@ -149,6 +149,7 @@ class Pipeline:
         self.matcher.conf.update(depth_confidence=p["depth_confidence"],
                                  width_confidence=p["width_confidence"],
                                  filter_threshold=p["filter_threshold"])
+        self.budget.detection_threshold = p["detection_threshold"]
         self.budget.configure(p["latency_budget_ms"], p["budget_percentile"],
                               p["min_keypoints"], p["max_keypoints"], p["min_image_side"],
                               p["max_image_side"], p["budget_target_layers"])
