@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 ENV := source scripts/env.sh
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test bench clean
 
 setup:
 	scripts/setup.sh
@@ -16,6 +16,11 @@ demo: setup
 # All tests (core, reference equivalence, real rclpy node). Minutes on 2 CPU cores.
 test: setup
 	$(ENV) && cd match_node && python -m pytest -q --timeout 900 test
+
+# Latency-budget benchmark (minutes on a CPU): results, plots and per-frame data to bench/results.
+bench: setup
+	$(ENV) && python bench/budget.py --frames 40
+	$(ENV) && python bench/budget.py --frames 30 --set detection_threshold=0 --set max_keypoints=1024 --tag _top1024
 
 clean:
 	rm -rf build install log out .venv
