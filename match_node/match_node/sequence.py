@@ -101,3 +101,33 @@ def reprojection_errors(homography: np.ndarray, keypoints0: np.ndarray,
     points = np.concatenate([keypoints0, np.ones((len(keypoints0), 1))], 1) @ homography.T
     projected = points[:, :2] / points[:, 2:3]
     return np.linalg.norm(projected - keypoints1, axis=1)
+
+
+LOW_TEXTURE_KINDS = ("blur", "low_contrast", "fog", "uniform")
+
+
+def low_texture(image: np.ndarray, kind: str) -> np.ndarray:
+    """A low-texture version of a real photograph, as cameras see walls, fog or motion blur.
+
+    blur: strong Gaussian blur; low_contrast: 8% of the original contrast; fog: 85% blended
+    towards light grey; uniform: everything outside a central sixth of the frame replaced by
+    its mean colour (a large blank wall with one textured patch). Geometry is unchanged, so the
+    ground truth of the original still holds.
+    """
+    img = image.astype(np.float32)
+    if kind == "blur":
+        out = cv2.GaussianBlur(img, (0, 0), sigmaX=6.0)
+    elif kind == "low_contrast":
+        mean = img.mean(axis=(0, 1), keepdims=True)
+        out = mean + 0.08 * (img - mean)
+    elif kind == "fog":
+        out = 0.15 * img + 0.85 * 200.0
+    elif kind == "uniform":
+        h, w = img.shape[:2]
+        out = np.empty_like(img)
+        out[...] = img.mean(axis=(0, 1), keepdims=True)
+        y0, x0 = int(h * 0.4), int(w * 0.4)
+        out[y0:y0 + h // 6, x0:x0 + w // 6] = img[y0:y0 + h // 6, x0:x0 + w // 6]
+    else:
+        raise ValueError(f"unknown low-texture kind {kind!r}; choose from {LOW_TEXTURE_KINDS}")
+    return np.clip(out, 0, 255).astype(np.uint8)
