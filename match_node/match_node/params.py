@@ -15,7 +15,8 @@ import yaml
 
 # ALIKED variants with official checkpoints.
 EXTRACTORS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
-MATCHERS = ("lightglue",)
+MATCHERS = ("lightglue", "loftr", "auto")
+LOFTR_MODELS = ("loftr-outdoor", "loftr-indoor", "loftr-indoor-new")
 
 
 class ParameterError(ValueError):
@@ -115,7 +116,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "are reported in original pixels); 0 disables resizing.", min=0, max=8192,
               read_only=False),
     # --- matcher ----------------------------------------------------------------------------
-    ParamSpec("matcher", "lightglue", "Matcher.", choices=MATCHERS),
+    ParamSpec("matcher", "lightglue",
+              "Matcher: 'lightglue' (on the extractor's keypoints), 'loftr' (detector-free, "
+              "for textureless scenes) or 'auto' (LightGlue, switching to LoFTR while the "
+              "scene is textureless; both models stay loaded).", choices=MATCHERS),
     ParamSpec("matcher_weights", "",
               "Path of the matcher checkpoint; empty resolves the official file by name."),
     ParamSpec("depth_confidence", 0.95,
@@ -149,6 +153,35 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "(max_image_side, or the image itself, is the upper; a lower bound above it is "
               "taken as equal to it).", min=32, max=8192,
               read_only=False),
+    # --- LoFTR and automatic switching ----------------------------------------------------
+    ParamSpec("loftr_model", "loftr-outdoor",
+              "Official LoFTR checkpoint the weights file is: loftr-outdoor (outdoor_ds.ckpt), "
+              "loftr-indoor (indoor_ds.ckpt) or loftr-indoor-new (indoor_ds_new.ckpt). It "
+              "selects the positional encoding the checkpoint was trained with.",
+              choices=LOFTR_MODELS),
+    ParamSpec("loftr_weights", "",
+              "Path of the official LoFTR checkpoint (needed by matcher loftr and auto; the "
+              "official files have no direct download link)."),
+    ParamSpec("loftr_max_image_side", 640,
+              "LoFTR runs on images downscaled so the longer side is at most this; 0 = never.",
+              min=0, max=8192),
+    ParamSpec("loftr_threshold", 0.2, "LoFTR coarse match confidence threshold.",
+              min=0.0, max=1.0, read_only=False),
+    ParamSpec("texture_low_keypoints", 150,
+              "auto: a frame is textureless with fewer confident keypoints than this ...",
+              min=0, max=100000, read_only=False),
+    ParamSpec("texture_low_coverage", 0.30,
+              "auto: ... or with its confident keypoints covering less of the image (share of "
+              "a 16x12 grid) than this.", min=0.0, max=1.0, read_only=False),
+    ParamSpec("texture_high_keypoints", 250,
+              "auto: textured again with at least this many confident keypoints ...",
+              min=0, max=100000, read_only=False),
+    ParamSpec("texture_high_coverage", 0.40,
+              "auto: ... covering at least this share of the image.", min=0.0, max=1.0,
+              read_only=False),
+    ParamSpec("texture_switch_frames", 2,
+              "auto: consecutive frames that must agree before the matcher switches.",
+              min=1, max=1000, read_only=False),
     ParamSpec("allow_download", True,
               "Download missing official weights from their official URL into the torch hub "
               "cache."),
@@ -201,6 +234,11 @@ def validate(values: Mapping[str, Any], scope: str | None = None) -> dict[str, A
             raise ParameterError(
                 f"unknown parameter '{name}'; known: {', '.join(sorted(allowed))}")
         merged[name] = SPECS[name].validate(value)
+    for low, high in (("texture_low_keypoints", "texture_high_keypoints"),
+                      ("texture_low_coverage", "texture_high_coverage")):
+        if low in merged and high in merged and merged[high] < merged[low]:
+            raise ParameterError(f"parameter '{high}' ({merged[high]}) must not be below "
+                                 f"'{low}' ({merged[low]}): the switch would flap")
     device = merged.get("device")
     if device is not None and not _is_device_string(device):
         raise ParameterError(

@@ -26,7 +26,10 @@ from .budget import (FrameRecord, FrameSettings, LatencyBudget, calibrate_extrac
                      calibrate_layers)
 from .image import Prepared, prepare
 from .models.aliked import ALIKED
-from .models.lightglue import EXIT_NO_KEYPOINTS, LayerHook, LightGlue, MatchOutput
+from .models.lightglue import (EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS, LayerHook, LightGlue,
+                               MatchOutput)
+from .models.loftr import LoFTR
+from .texture import MatcherSwitch, Texture, measure_texture
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,17 @@ class Features:
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])
+
+
+@dataclass
+class LoftrFeatures:
+    """LoFTR's per-image features (backbone maps), cached for the next pair like Features."""
+    maps: dict[str, torch.Tensor]   # "coarse" (position-encoded) and "fine"
+    image_size: tuple[int, int]     # original (width, height)
+    scale: tuple[float, float]      # working / original
+    num_cells: int                  # coarse cells: the "keypoints" of a LoFTR frame
+    preprocess_ms: float = 0.0
+    extract_ms: float = 0.0
 
 
 @dataclass
@@ -118,6 +132,16 @@ class Pipeline:
             rename=LightGlue.rename_official_keys)
         self.extractor.eval().to(self.device)
         self.matcher.eval().to(self.device)
+        self.loftr: LoFTR | None = None
+        self.loftr_weights = None
+        if self.matcher_name in ("loftr", "auto"):
+            # Both models stay loaded in auto mode, so a switch costs no load time.
+            self.loftr = LoFTR(model_name=self.params["loftr_model"])
+            self.loftr_weights = weights.load_checkpoint(
+                self.loftr, weights.CHECKPOINTS[self.params["loftr_model"]],
+                self.params["loftr_weights"], self.params["allow_download"],
+                rename=LoFTR.rename_official_keys)
+            self.loftr.eval().to(self.device)
         self.budget = LatencyBudget(clock=self._clock)
         self._calibrated = False
         self._apply_runtime_params()
@@ -149,6 +173,8 @@ class Pipeline:
         self.matcher.conf.update(depth_confidence=p["depth_confidence"],
                                  width_confidence=p["width_confidence"],
                                  filter_threshold=p["filter_threshold"])
+        if self.loftr is not None:
+            self.loftr.conf["match_threshold"] = p["loftr_threshold"]
         self.budget.detection_threshold = p["detection_threshold"]
         self.budget.configure(p["latency_budget_ms"], p["budget_percentile"],
                               p["min_keypoints"], p["max_keypoints"], p["min_image_side"],
@@ -261,20 +287,92 @@ class Pipeline:
             timings={"preprocess_ms": features1.preprocess_ms,
                      "extract_ms": features1.extract_ms, "match_ms": match_ms,
                      "total_ms": features1.preprocess_ms + features1.extract_ms + match_ms},
-            extractor=self.extractor_name, matcher=self.matcher_name,
+            extractor=self.extractor_name, matcher="lightglue",
             layer_points=out.layer_points, latency_budget_ms=self.budget.budget_ms,
             keypoint_cap=features1.keypoint_cap,
             extraction_scale=features1.working_size[0] / max(features1.image_size[0], 1))
 
+    # --- LoFTR and the texture measure ---------------------------------------------------
+    @torch.no_grad()
+    def extract_loftr(self, image: np.ndarray) -> LoftrFeatures:
+        """LoFTR backbone features of one image, at up to `loftr_max_image_side`."""
+        if self.loftr is None:
+            raise RuntimeError("LoFTR is not loaded: set matcher to 'loftr' or 'auto'")
+        start = self._clock()
+        prepared = prepare(image, self.device, self.params["loftr_max_image_side"])
+        rgb = prepared.tensor
+        # ITU-R 601 luma, the grayscale LoFTR was trained on (OpenCV's and kornia's weights).
+        gray = 0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
+        after_preprocess = self._clock()
+        with self._autocast():
+            maps = self.loftr.extract(gray)
+        end = self._clock()
+        cells = int(maps["coarse"].shape[-2] * maps["coarse"].shape[-1])
+        return LoftrFeatures(maps, prepared.original_size, prepared.scale, cells,
+                             after_preprocess - start, end - after_preprocess)
+
+    @torch.no_grad()
+    def match_loftr(self, features0: LoftrFeatures, features1: LoftrFeatures) -> MatchResult:
+        """Match two frames' LoFTR features; indices are coarse cells of each image."""
+        start = self._clock()
+        with self._autocast():
+            out = self.loftr.match(features0.maps, features1.maps)
+
+        def to_original(points: torch.Tensor, scale: tuple[float, float]) -> np.ndarray:
+            factor = points.new_tensor(scale)
+            return ((points.float() + 0.5) / factor - 0.5).cpu().numpy().astype(np.float32)
+
+        kpts0 = to_original(out["keypoints0"], features0.scale)
+        kpts1 = to_original(out["keypoints1"], features1.scale)
+        scores = out["confidence"].float().cpu().numpy()
+        match_ms = self._clock() - start
+        return MatchResult(
+            keypoints0=kpts0, keypoints1=kpts1, scores=scores.astype(np.float32),
+            indices0=out["indices0"].cpu().numpy(), indices1=out["indices1"].cpu().numpy(),
+            num_keypoints0=features0.num_cells, num_keypoints1=features1.num_cells,
+            image_size0=features0.image_size, image_size1=features1.image_size,
+            exit_layer=0, num_layers=0, exit_reason=EXIT_FULL_DEPTH,
+            kept0=features0.num_cells, kept1=features1.num_cells,
+            timings={"preprocess_ms": features1.preprocess_ms,
+                     "extract_ms": features1.extract_ms, "match_ms": match_ms,
+                     "total_ms": features1.preprocess_ms + features1.extract_ms + match_ms},
+            extractor=self.params["loftr_model"], matcher="loftr",
+            latency_budget_ms=self.budget.budget_ms, keypoint_cap=0,
+            extraction_scale=features1.scale[0])
+
+    def texture(self, features: Features) -> Texture:
+        """How much texture the extractor found in a frame (see texture.py)."""
+        return measure_texture(features.keypoints.cpu().numpy(), features.scores.cpu().numpy(),
+                               features.image_size, self.params["detection_threshold"] or 0.2)
+
+    def matcher_switch(self) -> MatcherSwitch:
+        p = self.params
+        return MatcherSwitch("lightglue", "loftr", p["texture_low_keypoints"],
+                             p["texture_low_coverage"], p["texture_high_keypoints"],
+                             p["texture_high_coverage"], p["texture_switch_frames"])
+
     def match(self, image0: np.ndarray, image1: np.ndarray) -> MatchResult:
-        """Extract both images and match them (image 0 is the reference)."""
-        features0 = self.extract(image0)
-        features1 = self.extract(image1)
-        result = self.match_features(features0, features1)
-        # Both images were extracted for this call: count both in the timings.
+        """Extract both images and match them (image 0 is the reference).
+
+        With matcher 'auto' a single pair takes LoFTR when either image is textureless.
+        """
+        if self.matcher_name != "loftr":
+            features0, features1 = self.extract(image0), self.extract(image1)
+            low = self.matcher_switch().low
+            if not (self.matcher_name == "auto"
+                    and any(self.texture(f).is_low(*low) for f in (features0, features1))):
+                result = self.match_features(features0, features1)
+                # Both images were extracted for this call: count both in the timings.
+                t = result.timings
+                t["preprocess_ms"] += features0.preprocess_ms
+                t["extract_ms"] += features0.extract_ms
+                t["total_ms"] = t["preprocess_ms"] + t["extract_ms"] + t["match_ms"]
+                return result
+        loftr0, loftr1 = self.extract_loftr(image0), self.extract_loftr(image1)
+        result = self.match_loftr(loftr0, loftr1)
         t = result.timings
-        t["preprocess_ms"] += features0.preprocess_ms
-        t["extract_ms"] += features0.extract_ms
+        t["preprocess_ms"] += loftr0.preprocess_ms
+        t["extract_ms"] += loftr0.extract_ms
         t["total_ms"] = t["preprocess_ms"] + t["extract_ms"] + t["match_ms"]
         return result
 
@@ -291,12 +389,27 @@ class StreamEvent:
     note: str | None = None      # why it was dropped or restarted, for the log
 
 
+@dataclass
+class Frame:
+    """One frame of a stream: its image and whatever features it has needed so far."""
+    image: np.ndarray
+    image_size: tuple[int, int]
+    matcher: str                          # the matcher chosen for this frame
+    features: Features | None = None      # extractor keypoints (LightGlue, texture)
+    loftr: LoftrFeatures | None = None    # computed when LoFTR needs this frame
+
+
 class SequentialMatcher:
     """Match each frame to the previous one, extracting every frame once, with track ids.
 
     Stamps are integers (ns). A frame whose stamp is not newer than the previous one is
     dropped (`on_stamp_backwards="drop"`) or restarts tracking (`"reset"`); a frame of a new
     size always restarts tracking (the camera changed: its intrinsics did too).
+
+    With matcher 'auto' every frame's keypoints give its texture, and a MatcherSwitch (with
+    hysteresis) picks LightGlue or LoFTR for the pair it ends. LoFTR's backbone runs on the
+    previous frame too when it has not yet. Tracks restart when the matcher changes, because
+    the two matchers' keypoints are different points (LoFTR's are coarse grid cells).
     """
 
     def __init__(self, pipeline: Pipeline, on_stamp_backwards: str = "reset") -> None:
@@ -305,12 +418,19 @@ class SequentialMatcher:
         self.pipeline = pipeline
         self.on_stamp_backwards = on_stamp_backwards
         self.tracker = Tracker()
-        self.previous: Features | None = None
+        self.switch = pipeline.matcher_switch()
+        self.previous: Frame | None = None
         self.previous_stamp: int | None = None
         self.frame_index = -1
         self.tracks_reset_pending = True
         self._record: FrameRecord | None = None
         self._record_size: tuple[int, int] = (0, 0)
+
+    @property
+    def current_matcher(self) -> str:
+        """The matcher the stream is on ('lightglue' or 'loftr')."""
+        mode = self.pipeline.matcher_name
+        return self.switch.current if mode == "auto" else mode
 
     def reset(self) -> None:
         self.previous = None
@@ -334,34 +454,58 @@ class SequentialMatcher:
                 return StreamEvent(None, None, index, dropped=True, note=note + "; dropped")
             self.reset()
             note += "; tracking restarts at this frame"
-            self._start(self._extract(image, start), stamp_ns)
+            self._start(self._frame(image, start), stamp_ns)
             return StreamEvent(None, None, index, restarted=True, note=note)
-        features = self._extract(image, start)
-        if self.previous is None:
-            self._start(features, stamp_ns)
+        frame = self._frame(image, start)
+        previous = self.previous
+        if previous is None:
+            self._start(frame, stamp_ns)
             return StreamEvent(None, None, index, restarted=True)
-        if features.image_size != self.previous.image_size:
-            note = (f"image size changed from {self.previous.image_size[0]}x"
-                    f"{self.previous.image_size[1]} to {features.image_size[0]}x"
-                    f"{features.image_size[1]}; tracking restarts at this frame")
-            self._start(features, stamp_ns)
+        if frame.image_size != previous.image_size:
+            note = (f"image size changed from {previous.image_size[0]}x"
+                    f"{previous.image_size[1]} to {frame.image_size[0]}x"
+                    f"{frame.image_size[1]}; tracking restarts at this frame")
+            self._start(frame, stamp_ns)
             return StreamEvent(None, None, index, restarted=True, note=note)
-        deadline = budget.deadline(start)
-        result = self.pipeline.match_features(self.previous, features, hook=deadline)
-        result.track_ids = self.tracker.update(len(features), result.indices0, result.indices1)
+
+        if frame.matcher == "loftr":
+            match_start = budget.clock()
+            previous.loftr = previous.loftr or self.pipeline.extract_loftr(previous.image)
+            frame.loftr = self.pipeline.extract_loftr(image)
+            result = self.pipeline.match_loftr(previous.loftr, frame.loftr)
+            counts = (previous.loftr.num_cells, frame.loftr.num_cells)
+            if self._record is not None:  # LoFTR's time is not the extractor's nor overhead
+                self._record.match_ms = budget.clock() - match_start
+        else:
+            result = self.pipeline.match_features(previous.features, frame.features,
+                                                  hook=budget.deadline(start))
+            counts = (len(previous.features), len(frame.features))
+            if self._record is not None:
+                self._record.match_ms = result.timings["match_ms"]
+        if self.tracker.space != frame.matcher:
+            # Another matcher's keypoints are other points: their tracks start afresh.
+            self.tracker.start(counts[0], space=frame.matcher)
+            self.tracks_reset_pending = True
+        result.track_ids = self.tracker.update(counts[1], result.indices0, result.indices1)
         reference_stamp = self.previous_stamp
-        self.previous, self.previous_stamp = features, stamp_ns
+        previous.image = None  # no longer needed: its features are cached where needed
+        self.previous, self.previous_stamp = frame, stamp_ns
         result.timings["total_ms"] = budget.clock() - start
-        self._record.match_ms = result.timings["match_ms"]
-        self._record.total_ms = result.timings["total_ms"]
+        if self._record is not None:
+            self._record.total_ms = result.timings["total_ms"]
         event = StreamEvent(result, reference_stamp, index,
                             tracks_reset=self.tracks_reset_pending)
         self.tracks_reset_pending = False
-        if result.exit_reason == EXIT_NO_KEYPOINTS and (len(features) == 0):
+        if result.exit_reason == EXIT_NO_KEYPOINTS and result.num_keypoints1 == 0:
             event.note = "no keypoints in this frame (blank or textureless image)"
         return event
 
-    def _extract(self, image: np.ndarray, start: float) -> Features:
+    def _frame(self, image: np.ndarray, start: float) -> Frame:
+        """Extract what every frame needs and choose its matcher."""
+        mode = self.pipeline.matcher_name
+        if mode == "loftr":  # no keypoints needed: LoFTR's backbone runs when matching
+            self._record = None
+            return Frame(image, (image.shape[1], image.shape[0]), "loftr")
         budget = self.pipeline.budget
         features = self.pipeline.extract(image, budget.settings())
         w, h = features.working_size
@@ -369,7 +513,9 @@ class SequentialMatcher:
             features.preprocess_ms, features.extract_ms, 0.0, budget.clock() - start, w * h,
             len(features), features.keypoint_cap, max(w, h))
         self._record_size = features.image_size
-        return features
+        matcher = (self.switch.update(self.pipeline.texture(features)) if mode == "auto"
+                   else "lightglue")
+        return Frame(image, features.image_size, matcher, features)
 
     def finish_frame(self, total_ms: float | None = None) -> None:
         """Give the latency budget the frame's measurements. `total_ms` is the whole frame as
@@ -382,7 +528,7 @@ class SequentialMatcher:
         self.pipeline.budget.observe(self._record, self._record_size)
         self._record = None
 
-    def _start(self, features: Features, stamp_ns: int) -> None:
-        self.tracker.start(len(features))
-        self.previous, self.previous_stamp = features, stamp_ns
+    def _start(self, frame: Frame, stamp_ns: int) -> None:
+        self.tracker.reset()
+        self.previous, self.previous_stamp = frame, stamp_ns
         self.tracks_reset_pending = True

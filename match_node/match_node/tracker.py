@@ -14,14 +14,22 @@ class Tracker:
     def __init__(self) -> None:
         self._next_id = 1
         self._ids = np.zeros(0, dtype=np.uint64)  # track id per keypoint of the last frame
+        self.space: str | None = None  # whose keypoints the ids refer to (e.g. a matcher)
 
     @property
     def next_id(self) -> int:
         return self._next_id
 
-    def start(self, num_keypoints: int) -> None:
-        """Begin tracking at a frame with no history (first frame or after a reset)."""
+    def start(self, num_keypoints: int, space: str | None = None) -> None:
+        """Begin tracking at a frame with no history (first frame or after a reset), whose
+        keypoints come from `space`."""
         self._ids = np.zeros(num_keypoints, dtype=np.uint64)
+        self.space = space
+
+    def reset(self) -> None:
+        """Forget the last frame: the next match starts new tracks (ids are never reused)."""
+        self._ids = np.zeros(0, dtype=np.uint64)
+        self.space = None
 
     def update(self, num_keypoints: int, indices0: np.ndarray, indices1: np.ndarray) -> np.ndarray:
         """Advance to a new frame with `num_keypoints` keypoints, given the matches

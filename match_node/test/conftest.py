@@ -32,3 +32,16 @@ def coffee_pair():
 def pipeline():
     from match_node import Pipeline
     return Pipeline(device="cpu", max_keypoints=512, allow_download=False)
+
+
+@pytest.fixture(scope="session")
+def loftr_checkpoint(tmp_path_factory):
+    """An official-layout LoFTR Lightning checkpoint with random weights (no official LoFTR
+    file is available offline): it exercises the real loader and the full model."""
+    import torch
+    kornia_loftr = pytest.importorskip("kornia.feature.loftr")
+    torch.manual_seed(0)
+    state = kornia_loftr.LoFTR(pretrained=None).state_dict()
+    path = tmp_path_factory.mktemp("loftr") / "outdoor_ds.ckpt"
+    torch.save({"state_dict": {f"matcher.{k}": v for k, v in state.items()}, "epoch": 0}, path)
+    return path

@@ -276,6 +276,7 @@ class MatchNode(Node):
                   "latency_budget_ms": budget.budget_ms, "budget_percentile": budget.percentile,
                   "keypoint_cap": settings.max_keypoints,
                   "extraction_max_side": settings.max_image_side or "full",
+                  "matcher": self.stream.current_matcher,
                   "device": str(self.pipeline.device),
                   "precision": "fp16" if self.pipeline.fp16 else "fp32"}
         status.values = [KeyValue(key=k, value=f"{x:.2f}" if isinstance(x, float) else str(x))
