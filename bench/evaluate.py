@@ -43,9 +43,9 @@ def homographies() -> list[np.ndarray]:
     return out
 
 
-def pairs() -> list[dict]:
+def pairs(photos: tuple[str, ...] = PHOTOS) -> list[dict]:
     result = []
-    for name in PHOTOS:
+    for name in photos:
         photo = cv2.resize(load_photo(name), SIZE, interpolation=cv2.INTER_AREA)
         for kind in ("original",) + LOW_TEXTURE_KINDS:
             image = photo if kind == "original" else low_texture(photo, kind)
@@ -107,8 +107,11 @@ def main() -> None:
     parser.add_argument("--loftr-weights", default="", help="official LoFTR checkpoint (.ckpt)")
     parser.add_argument("--loftr-model", default="loftr-outdoor",
                         choices=("loftr-outdoor", "loftr-indoor", "loftr-indoor-new"))
+    parser.add_argument("--photos", default=",".join(PHOTOS),
+                        help="comma-separated skimage photographs")
     parser.add_argument("--output", default="bench/results")
     args = parser.parse_args()
+    photos = tuple(args.photos.split(","))
 
     base = {"device": args.device, "allow_download": False}
     ours = Pipeline(base)
@@ -130,7 +133,7 @@ def main() -> None:
         print("[evaluate] " + notes[-1], flush=True)
 
     rows, per_pair = [], []
-    data = pairs()
+    data = pairs(photos)
     for method, run in methods.items():
         for group in ("original", "low texture"):
             subset = [p for p in data if (p["kind"] == "original") == (group == "original")]
@@ -151,7 +154,7 @@ def main() -> None:
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    lines = [f"Homography evaluation on {ours.device}: {len(PHOTOS)} skimage photographs x 2 known "
+    lines = [f"Homography evaluation on {ours.device}: {len(photos)} skimage photographs x 2 known "
              "homographies at 640x480; 'low texture' = the same pairs blurred, at low contrast, in "
              "fog and as a blank wall with one textured patch. Precision: reprojection error < 3 px. "
              "AUC: homography corner error, MAGSAC++.", *notes, "",
