@@ -49,3 +49,21 @@ class Tracker:
         current[indices1] = ids
         self._ids = current
         return ids
+
+    def claim(self, indices: np.ndarray) -> np.ndarray:
+        """Track ids of keypoints of the current frame (e.g. matched in stereo): their own id
+        when tracked, else a fresh one that the next frame's matches will inherit."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.max() >= self._ids.size or indices.min() < 0):
+            raise IndexError("index outside the current frame's keypoints")
+        ids = self._ids[indices]
+        fresh = ids == 0
+        ids[fresh] = self.fresh(int(fresh.sum()))
+        self._ids[indices] = ids
+        return ids
+
+    def fresh(self, count: int) -> np.ndarray:
+        """`count` new ids that belong to no keypoint of the tracked frames."""
+        ids = np.arange(self._next_id, self._next_id + count, dtype=np.uint64)
+        self._next_id += count
+        return ids
