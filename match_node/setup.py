@@ -24,6 +24,7 @@ setup(
     entry_points={
         "console_scripts": [
             "match_node = match_node.ros.node:main",
+            "stereo_match_node = match_node.ros.stereo_node:main",
         ],
     },
 )

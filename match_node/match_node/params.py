@@ -199,6 +199,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               choices=("reset", "drop"), scope="node", read_only=False),
     ParamSpec("output_queue_depth", 10, "Depth of the reliable correspondences publisher.",
               min=1, max=1000, scope="node"),
+    ParamSpec("stereo_slop_ms", 0.0,
+              "Stereo node: left and right images pair when their stamps differ by at most "
+              "this; 0 = identical stamps (hardware-synchronised cameras).",
+              min=0.0, max=1000.0, scope="node"),
+    ParamSpec("stereo_temporal", True,
+              "Stereo node: also match the left image to the previous left image.",
+              scope="node"),
+    ParamSpec("stereo_epipolar_tolerance_px", 0.0,
+              "Stereo node, rectified pairs: keep left-right matches whose rows differ by at "
+              "most this and whose disparity is positive; 0 = no filter.",
+              min=0.0, max=100.0, scope="node"),
     ParamSpec("diagnostics_miss_warn", 0.05,
               "Diagnostics WARN when this share of recent frames missed the latency budget.",
               min=0.0, max=1.0, scope="node", read_only=False),

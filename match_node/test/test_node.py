@@ -20,7 +20,7 @@ from rosutil import Harness, image_msg, wait_until  # noqa: E402  (sets the DDS 
 import rclpy  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import CompressedImage  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from match_node.sequence import make_sequence, reprojection_errors  # noqa: E402
 
@@ -301,5 +301,24 @@ def test_latency_budget_in_messages_and_diagnostics(node_factory, sequence):
         wait_until(lambda: harness.count() == 3, 60, "a message without budget")
         last = harness.received[2]
         assert last.latency_budget_ms == 0.0 and last.exit_reason != Correspondences.EXIT_BUDGET
+    finally:
+        harness.close()
+
+
+def test_debug_image_only_while_subscribed(node_factory, sequence):
+    node = node_factory()
+    ns = node.get_namespace()
+    harness = Harness(f"{ns}/image", f"{ns}/correspondences")
+    pictures = []
+    harness.node.create_subscription(Image, f"{ns}/debug/matches", pictures.append, 5)
+    try:
+        harness.wait_for_subscriber()
+        wait_until(lambda: node.debug_publisher.get_subscription_count() > 0, 10, "debug subscriber")
+        for i in range(3):
+            harness.publisher.publish(image_msg(sequence.frames[i], (i + 1) * 10**9))
+            wait_until(lambda: node.counters.processed == i + 1, 60, f"frame {i}")
+        wait_until(lambda: len(pictures) >= 1, 20, "a debug picture")
+        picture = pictures[0]
+        assert picture.encoding == "bgr8" and picture.width > 2 * FRAME_SIZE[0]
     finally:
         harness.close()

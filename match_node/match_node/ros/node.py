@@ -23,6 +23,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from match_node_msgs.msg import Correspondences
@@ -38,6 +39,7 @@ from .. import params as P
 from ..image import ImageError
 from ..pipeline import Pipeline, SequentialMatcher
 from ..runtime import FrameStats, LatestSlot
+from ..viz import draw_matches
 from ..weights import WeightsError
 from .conversions import image_to_array, result_to_msg, stamp_to_ns
 
@@ -53,10 +55,12 @@ class Counters:
     resets: int = 0             # tracking restarted (first frame, time jump, size change)
     errors: int = 0             # inference failures (e.g. out of memory)
     budget_misses: int = 0      # published frames whose total time exceeded the budget
+    dropped_unpaired: int = 0   # stereo: images without a partner of the same stamp
     unpublished_drops: int = field(default=0, repr=False)  # drops since the last message
 
     def dropped(self) -> int:
-        return self.dropped_stale + self.dropped_invalid + self.dropped_stamp
+        return (self.dropped_stale + self.dropped_invalid + self.dropped_stamp
+                + self.dropped_unpaired)
 
 
 def _descriptor(spec: P.ParamSpec) -> ParameterDescriptor:
@@ -102,22 +106,31 @@ class MatchNode(Node):
         self._lock = threading.Lock()
         self._slot: LatestSlot[tuple[Image | CompressedImage, float]] = LatestSlot()
 
-        self.publisher = self.create_publisher(
-            Correspondences, "correspondences",
-            QoSProfile(depth=self.values["output_queue_depth"],
-                       reliability=ReliabilityPolicy.RELIABLE))
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        if self.values["image_transport"] == "compressed":
-            self.subscription = self.create_subscription(
-                CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data)
-        else:
-            self.subscription = self.create_subscription(
-                Image, "image", self._on_image, qos_profile_sensor_data)
+        # Drawn matches for people, not for VO: only drawn while someone subscribes.
+        self.debug_publisher = self.create_publisher(Image, "debug/matches", 1)
+        self._create_io()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._run_worker, name="match_node_worker",
                                         daemon=True)
         self._worker.start()
+
+    def _output(self, topic: str):
+        return self.create_publisher(
+            Correspondences, topic, QoSProfile(depth=self.values["output_queue_depth"],
+                                               reliability=ReliabilityPolicy.RELIABLE))
+
+    def _image_subscription(self, topic: str, callback):
+        if self.values["image_transport"] == "compressed":
+            return self.create_subscription(CompressedImage, f"{topic}/compressed", callback,
+                                            qos_profile_sensor_data)
+        return self.create_subscription(Image, topic, callback, qos_profile_sensor_data)
+
+    def _create_io(self) -> None:
+        self.publisher = self._output("correspondences")
+        self.subscription = self._image_subscription("image", self._on_image)
+        self._previous_image: np.ndarray | None = None  # for the debug picture only
         self.get_logger().info(f"listening on {self.subscription.topic_name}, publishing "
                                f"{self.publisher.topic_name}")
 
@@ -189,54 +202,89 @@ class MatchNode(Node):
         self.stats.dropped()
         self.get_logger().warning(f"frame dropped: {reason}", throttle_duration_sec=2.0)
 
-    def _process(self, msg: Image | CompressedImage, received: float) -> None:
-        clock = self.pipeline.budget.clock
-        started = clock()  # the frame's latency budget starts here
-        wait_ms = (time.monotonic() - received) * 1e3
-        header = msg.header
-        if isinstance(msg, Image) and msg.height * msg.width > self.values["max_input_pixels"]:
-            self._drop("dropped_invalid", f"{msg.width}x{msg.height} image exceeds "
-                       f"max_input_pixels={self.values['max_input_pixels']}")
-            return
-        try:
-            image = image_to_array(msg)
-            if image.shape[0] * image.shape[1] > self.values["max_input_pixels"]:
-                raise ImageError(f"{image.shape[1]}x{image.shape[0]} image exceeds "
-                                 f"max_input_pixels={self.values['max_input_pixels']}")
-            event = self.stream.push(image, stamp_to_ns(header.stamp), started_ms=started)
-        except ImageError as error:
-            self._drop("dropped_invalid", str(error))
-            return
+    def _decode(self, msg: Image | CompressedImage) -> np.ndarray:
+        """The message's image, or ImageError (too large, bad encoding, bad data)."""
+        limit = self.values["max_input_pixels"]
+        if isinstance(msg, Image) and msg.height * msg.width > limit:
+            raise ImageError(f"{msg.width}x{msg.height} image exceeds max_input_pixels={limit}")
+        image = image_to_array(msg)
+        if image.shape[0] * image.shape[1] > limit:
+            raise ImageError(f"{image.shape[1]}x{image.shape[0]} image exceeds "
+                             f"max_input_pixels={limit}")
+        return image
+
+    def _note_event(self, event) -> bool:
+        """Count a stream event; return False when the frame was dropped."""
         with self._lock:
             self.counters.processed += 1
         if event.dropped:
             self._drop("dropped_stamp", event.note or "")
-            return
+            return False
         if event.restarted:
             with self._lock:
                 self.counters.resets += 1
             if event.note:
                 self.get_logger().warning(event.note, throttle_duration_sec=2.0)
+        return True
+
+    def _take_drops(self) -> int:
+        """Frames dropped since the last published frame (reported once per frame)."""
+        with self._lock:
+            dropped, self.counters.unpublished_drops = self.counters.unpublished_drops, 0
+        return dropped
+
+    def _publish_result(self, publisher, result, header: Header, reference_header: Header,
+                        pairing: int, frame_index: int, tracks_reset: bool, wait_ms: float,
+                        started: float, dropped: int) -> None:
+        out = result_to_msg(result, header, reference_header, pairing=pairing,
+                            frame_index=frame_index, dropped_frames=dropped,
+                            tracks_reset=tracks_reset)
+        clock = self.pipeline.budget.clock
+        out.wait_ms = wait_ms
+        out.total_ms = clock() - started
+        publisher.publish(out)
+        total = clock() - started
+        budget = self.pipeline.budget.budget_ms
+        missed = budget > 0 and total > budget
+        with self._lock:
+            self.counters.published += 1
+            self.counters.budget_misses += int(missed)
+        self.stats.published(total, missed, out.exit_layer)
+
+    def _publish_debug(self, image0: np.ndarray | None, image1: np.ndarray, result,
+                       header: Header) -> None:
+        if image0 is None or self.debug_publisher.get_subscription_count() == 0:
+            return
+        picture = draw_matches(image0, image1, result.keypoints0, result.keypoints1,
+                               result.scores, f"{len(result)} matches ({result.matcher})")
+        msg = Image(header=header, height=picture.shape[0], width=picture.shape[1],
+                    encoding="bgr8", step=picture.shape[1] * 3)
+        msg.data = picture.tobytes()
+        self.debug_publisher.publish(msg)
+
+    def _process(self, msg: Image | CompressedImage, received: float) -> None:
+        clock = self.pipeline.budget.clock
+        started = clock()  # the frame's latency budget starts here
+        wait_ms = (time.monotonic() - received) * 1e3
+        header = msg.header
+        try:
+            image = self._decode(msg)
+            event = self.stream.push(image, stamp_to_ns(header.stamp), started_ms=started)
+        except ImageError as error:
+            self._drop("dropped_invalid", str(error))
+            return
+        if not self._note_event(event):
+            return
         if event.result is not None and self._reference_header is not None:
-            with self._lock:
-                dropped, self.counters.unpublished_drops = self.counters.unpublished_drops, 0
-            out = result_to_msg(event.result, header, self._reference_header,
-                                frame_index=event.frame_index, dropped_frames=dropped,
-                                tracks_reset=event.tracks_reset)
-            out.wait_ms = wait_ms
-            out.total_ms = clock() - started
-            self.publisher.publish(out)
-            total = clock() - started
-            budget = self.pipeline.budget.budget_ms
-            missed = budget > 0 and total > budget
-            with self._lock:
-                self.counters.published += 1
-                self.counters.budget_misses += int(missed)
-            self.stats.published(total, missed, out.exit_layer)
+            self._publish_result(self.publisher, event.result, header, self._reference_header,
+                                 Correspondences.PAIRING_SEQUENTIAL, event.frame_index,
+                                 event.tracks_reset, wait_ms, started, self._take_drops())
+            self._publish_debug(self._previous_image, image, event.result, header)
             if event.note:
                 self.get_logger().info(event.note, throttle_duration_sec=5.0)
         self.stream.finish_frame(clock() - started)
         self._reference_header = header
+        self._previous_image = image if self.debug_publisher.get_subscription_count() else None
 
     # --- diagnostics and shutdown -----------------------------------------------------------
     def diagnostic_status(self) -> DiagnosticStatus:
@@ -276,12 +324,15 @@ class MatchNode(Node):
                   "latency_budget_ms": budget.budget_ms, "budget_percentile": budget.percentile,
                   "keypoint_cap": settings.max_keypoints,
                   "extraction_max_side": settings.max_image_side or "full",
-                  "matcher": self.stream.current_matcher,
+                  "matcher": self.stream.current_matcher, **self._extra_diagnostics(),
                   "device": str(self.pipeline.device),
                   "precision": "fp16" if self.pipeline.fp16 else "fp32"}
         status.values = [KeyValue(key=k, value=f"{x:.2f}" if isinstance(x, float) else str(x))
                          for k, x in values.items()]
         return status
+
+    def _extra_diagnostics(self) -> dict[str, Any]:
+        return {}
 
     def _publish_diagnostics(self) -> None:
         array = DiagnosticArray(status=[self.diagnostic_status()])
@@ -295,11 +346,11 @@ class MatchNode(Node):
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None, node_class: type[MatchNode] = MatchNode) -> int:
     rclpy.init(args=args)
     node = None
     try:
-        node = MatchNode()
+        node = node_class()
         rclpy.spin(node)
     except (P.ParameterError, WeightsError) as error:
         # Configuration errors are the user's to fix: one clear line, no traceback.
