@@ -25,6 +25,8 @@ setup(
         "console_scripts": [
             "match_node = match_node.ros.node:main",
             "stereo_match_node = match_node.ros.stereo_node:main",
+            "vo_example = match_node.ros.vo_node:main",
+            "replay = match_node.ros.replay:main",
         ],
     },
 )

@@ -16,7 +16,10 @@ def test_core_imports_without_ros():
         sys.meta_path.insert(0, Block())
         import match_node, match_node.pipeline, match_node.image, match_node.weights
         import match_node.params, match_node.runtime, match_node.tracker, match_node.sequence
-        import match_node.match, match_node.viz
+        import match_node.match, match_node.viz, match_node.budget, match_node.texture
+        import match_node.stereo, match_node.scene, match_node.vo, match_node.messages
+        import match_node.bags, match_node.make_bag, match_node.offline
+        from match_node.models import loftr
         from match_node.models import aliked, lightglue
         leaked = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
         assert not leaked, leaked

@@ -10,6 +10,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from ..image import decode_compressed, decode_raw
+from ..messages import ARRAY_FIELDS, correspondence_fields
 from ..pipeline import MatchResult
 
 
@@ -25,50 +26,38 @@ def stamp_to_ns(stamp: Time) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def _typed(values: np.ndarray, typecode: str, dtype: str) -> array.array:
+def _typed(values: np.ndarray, typecode: str) -> array.array:
     # array.array from bytes is a memcpy; the message setters take array.array as is.
-    return array.array(typecode, np.ascontiguousarray(values, dtype=dtype).tobytes())
+    return array.array(typecode, np.ascontiguousarray(values).tobytes())
+
+
+# numpy element type of the per-match arrays (messages.ARRAY_FIELDS) -> array.array typecode
+_TYPECODES = {"<f4": "f", "<u4": "I", "<u8": "Q"}
+
+
+def fields_to_msg(fields: dict) -> Correspondences:
+    """The rclpy message of `messages.correspondence_fields`'s output (every field set)."""
+    msg = Correspondences()
+    for name, value in fields.items():
+        if name == "header":
+            value = Header(stamp=Time(**value["stamp"]), frame_id=value["frame_id"])
+        elif name == "reference_stamp":
+            value = Time(**value)
+        elif name in ARRAY_FIELDS:
+            value = _typed(value, _TYPECODES[ARRAY_FIELDS[name].str])
+        setattr(msg, name, value)
+    return msg
 
 
 def result_to_msg(result: MatchResult, header: Header, reference_header: Header,
                   pairing: int = Correspondences.PAIRING_SEQUENTIAL, frame_index: int = 0,
-                  dropped_frames: int = 0, tracks_reset: bool = False) -> Correspondences:
-    msg = Correspondences()
-    msg.header = header
-    msg.reference_stamp = reference_header.stamp
-    msg.reference_frame_id = reference_header.frame_id
-    msg.pairing = pairing
-    msg.reference_width, msg.reference_height = map(int, result.image_size0)
-    msg.current_width, msg.current_height = map(int, result.image_size1)
-    msg.reference_x = _typed(result.keypoints0[:, 0], "f", "<f4")
-    msg.reference_y = _typed(result.keypoints0[:, 1], "f", "<f4")
-    msg.current_x = _typed(result.keypoints1[:, 0], "f", "<f4")
-    msg.current_y = _typed(result.keypoints1[:, 1], "f", "<f4")
-    msg.confidence = _typed(result.scores, "f", "<f4")
-    msg.reference_index = _typed(result.indices0, "I", "<u4")
-    msg.current_index = _typed(result.indices1, "I", "<u4")
-    msg.track_id = _typed(result.track_ids, "Q", "<u8")
-    msg.reference_num_keypoints = int(result.num_keypoints0)
-    msg.current_num_keypoints = int(result.num_keypoints1)
-    msg.extractor = result.extractor
-    msg.matcher = result.matcher
-    msg.exit_layer = int(result.exit_layer)
-    msg.num_layers = int(result.num_layers)
-    msg.exit_reason = int(result.exit_reason)
-    msg.reference_kept = int(result.kept0)
-    msg.current_kept = int(result.kept1)
-    t = result.timings
-    msg.preprocess_ms = float(t["preprocess_ms"])
-    msg.extract_ms = float(t["extract_ms"])
-    msg.match_ms = float(t["match_ms"])
-    msg.total_ms = float(t["total_ms"])
-    msg.latency_budget_ms = float(result.latency_budget_ms)
-    msg.keypoint_cap = int(result.keypoint_cap)
-    msg.extraction_scale = float(result.extraction_scale)
-    msg.frame_index = int(frame_index)
-    msg.dropped_frames = int(dropped_frames)
-    msg.tracks_reset = bool(tracks_reset)
-    return msg
+                  dropped_frames: int = 0, tracks_reset: bool = False,
+                  wait_ms: float = 0.0) -> Correspondences:
+    """A Correspondences message for `result` (the mapping is messages.correspondence_fields)."""
+    return fields_to_msg(correspondence_fields(
+        result, stamp_to_ns(header.stamp), header.frame_id, stamp_to_ns(reference_header.stamp),
+        reference_header.frame_id, pairing=pairing, frame_index=frame_index,
+        dropped_frames=dropped_frames, tracks_reset=tracks_reset, wait_ms=wait_ms))
 
 
 def msg_arrays(msg: Correspondences) -> dict[str, np.ndarray]:

@@ -1,0 +1,347 @@
+"""Bag in, bag out: match every frame of a recorded image topic, without ROS or DDS.
+
+    python -m match_node.offline IN_BAG OUT_BAG --topic /camera/image_raw
+        [--config FILE.yaml] [--set name=value ...] [--output-topic TOPIC]
+        [--storage sqlite3|mcap] [--copy TOPIC ...] [--summary FILE.json] [--quiet]
+
+Runs the node's frame loop (SequentialMatcher: extract each frame once, match it to the
+previous one, track ids) on every image of the topic in the bag's order, and writes one
+match_node_msgs/Correspondences message per matched frame to OUT_BAG, on `--output-topic`
+(default `<camera namespace>/correspondences`, e.g. /camera/correspondences for
+/camera/image_raw) at the log (receive) time of its image, with the message's full
+definition. The input's CameraInfo topics (and any `--copy` topic) are copied unchanged.
+
+Unlike the node, nothing is dropped for being late: every frame is processed, so with the
+latency budget off (`latency_budget_ms: 0`, the default) the same input and parameters give
+the same messages (all but the timing fields), run after run. Unusable images are dropped and
+counted exactly as the node does (`dropped_frames` of the next message).
+
+Prints a line per frame and a JSON summary (frames, messages, matches per frame, exit layers,
+timings and, when the input has /ground_truth/homography from make_bag, precision@3px
+against it), also written to `--summary` (default OUT_BAG.summary.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from . import bags
+from . import params as P
+from .image import ImageError
+from .messages import (EXIT_BUDGET, EXIT_CONFIDENCE, EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS,
+                       PAIRING_SEQUENTIAL, correspondence_fields)
+
+GROUND_TRUTH_HOMOGRAPHY = "/ground_truth/homography"
+EXIT_NAMES = {EXIT_FULL_DEPTH: "full_depth", EXIT_CONFIDENCE: "confidence",
+              EXIT_BUDGET: "budget", EXIT_NO_KEYPOINTS: "no_keypoints"}
+TIMINGS = ("preprocess_ms", "extract_ms", "match_ms", "total_ms")
+
+
+@dataclass
+class Output:
+    """A message the runner produced, with what the summary needs to evaluate it."""
+    topic: str
+    log_time_ns: int
+    fields: dict[str, Any]
+    reference_log_time_ns: int
+
+
+@dataclass
+class FrameLog:
+    """What happened to one input frame (for the per-frame lines and the summary)."""
+    frame_index: int
+    topic: str
+    stamp_ns: int
+    log_time_ns: int
+    status: str                      # matched, first, restarted, dropped
+    note: str = ""
+    matches: int | None = None
+    keypoints: int | None = None
+    exit_layer: int | None = None
+    exit_reason: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    precision: float | None = None
+    median_error_px: float | None = None
+
+
+class MonoRunner:
+    """The frame loop for one camera: each image matched to the previous one.
+
+    `input_topics` are read from the bag (in log-time order) and handed to `process`, which
+    returns the messages to write. A stereo runner keeps the same interface (e.g. buffering
+    the left image of a stamp until its right image arrives).
+    """
+
+    def __init__(self, pipeline, image_topic: str, output_topic: str,
+                 on_stamp_backwards: str = "reset", max_input_pixels: int = 1 << 24) -> None:
+        from .pipeline import SequentialMatcher
+
+        self.pipeline = pipeline
+        self.image_topic = image_topic
+        self.output_topic = output_topic
+        self.max_input_pixels = max_input_pixels
+        self.stream = SequentialMatcher(pipeline, on_stamp_backwards)
+        self.input_topics = [image_topic]
+        self.output_topics = {output_topic: bags.CORRESPONDENCES}
+        self.log: list[FrameLog] = []
+        self._reference: bags.BagImage | None = None  # the last frame that entered the stream
+        self._unpublished_drops = 0
+
+    def _drop(self, record: FrameLog, note: str) -> list[Output]:
+        record.status, record.note = "dropped", note
+        self._unpublished_drops += 1
+        return []
+
+    def process(self, frame: bags.BagImage) -> list[Output]:
+        clock = self.pipeline.budget.clock
+        started = clock()
+        record = FrameLog(self.stream.frame_index + 1, frame.topic, frame.stamp_ns,
+                          frame.log_time_ns, "matched")
+        self.log.append(record)
+        try:
+            image = frame.decode()
+            if image.shape[0] * image.shape[1] > self.max_input_pixels:
+                raise ImageError(f"{image.shape[1]}x{image.shape[0]} image exceeds "
+                                 f"max_input_pixels={self.max_input_pixels}")
+            event = self.stream.push(image, frame.stamp_ns, started_ms=started)
+        except ImageError as error:
+            return self._drop(record, str(error))
+        frame.image = None  # the stream keeps what it needs
+        record.frame_index = event.frame_index
+        if event.dropped:
+            return self._drop(record, event.note or "")
+        outputs = []
+        if event.result is not None and self._reference is not None:
+            result = event.result
+            fields = correspondence_fields(
+                result, frame.stamp_ns, frame.frame_id, event.reference_stamp,
+                self._reference.frame_id, pairing=PAIRING_SEQUENTIAL,
+                frame_index=event.frame_index, dropped_frames=self._unpublished_drops,
+                tracks_reset=event.tracks_reset)
+            fields["total_ms"] = clock() - started
+            self._unpublished_drops = 0
+            outputs.append(Output(self.output_topic, frame.log_time_ns, fields,
+                                  self._reference.log_time_ns))
+            record.matches, record.keypoints = len(result), int(result.num_keypoints1)
+            record.exit_layer, record.exit_reason = int(result.exit_layer), int(result.exit_reason)
+            record.timings = {name: float(fields[name]) for name in TIMINGS}
+        else:
+            record.status = "first" if self._reference is None else "restarted"
+        record.note = event.note or ""
+        self.stream.finish_frame(clock() - started)
+        self._reference = frame
+        return outputs
+
+
+def evaluate(fields: dict[str, Any], H: np.ndarray) -> tuple[np.ndarray, int]:
+    """Reprojection errors of a message's matches under the true homography H (ref -> cur)."""
+    from .sequence import reprojection_errors
+
+    ref = np.stack([fields["reference_x"], fields["reference_y"]], 1).astype(np.float64)
+    cur = np.stack([fields["current_x"], fields["current_y"]], 1).astype(np.float64)
+    return reprojection_errors(H, ref, cur), len(ref)
+
+
+def _stats(values: Iterable[float]) -> dict[str, float]:
+    v = np.asarray(list(values), np.float64)
+    if v.size == 0:
+        return {}
+    return {"mean": round(float(v.mean()), 3), "p50": round(float(np.percentile(v, 50)), 3),
+            "p95": round(float(np.percentile(v, 95)), 3), "max": round(float(v.max()), 3)}
+
+
+def summarise(log: list[FrameLog], messages: int, errors: list[np.ndarray],
+              extra: dict[str, Any]) -> dict[str, Any]:
+    matched = [r for r in log if r.matches is not None]
+    exit_layers: dict[str, int] = {}
+    exit_reasons: dict[str, int] = {}
+    for r in matched:
+        exit_layers[str(r.exit_layer)] = exit_layers.get(str(r.exit_layer), 0) + 1
+        name = EXIT_NAMES.get(r.exit_reason, str(r.exit_reason))
+        exit_reasons[name] = exit_reasons.get(name, 0) + 1
+    summary: dict[str, Any] = {
+        **extra,
+        "frames": len(log),
+        "messages": messages,
+        "dropped": sum(r.status == "dropped" for r in log),
+        "restarts": sum(r.status in ("first", "restarted") for r in log),
+        "matches_per_frame": [r.matches for r in matched],
+        "matches": {"total": int(sum(r.matches for r in matched)),
+                    **_stats(r.matches for r in matched)},
+        "exit_layers": dict(sorted(exit_layers.items(), key=lambda kv: int(kv[0]))),
+        "exit_reasons": exit_reasons,
+        "timings_ms": {name: _stats(r.timings[name] for r in matched) for name in TIMINGS},
+        "precision_at_3px": None,
+        "precision_per_frame": None,
+        "median_error_px": None,
+    }
+    if errors:
+        pooled = np.concatenate(errors) if errors else np.zeros(0)
+        summary["precision_at_3px"] = (round(float((pooled < 3).mean()), 4)
+                                       if pooled.size else None)
+        summary["precision_per_frame"] = [r.precision for r in matched]
+        summary["median_error_px"] = round(float(np.median(pooled)), 3) if pooled.size else None
+    return summary
+
+
+def run_offline(in_bag: str | Path, out_bag: str | Path, topic: str,
+                params: dict[str, Any] | None = None, *, output_topic: str | None = None,
+                storage: str | None = None, copy_topics: Iterable[str] | None = None,
+                ground_truth: str = GROUND_TRUTH_HOMOGRAPHY, pipeline=None,
+                progress: Callable[[FrameLog], None] | None = None) -> dict[str, Any]:
+    """Run the matcher over `topic` of `in_bag`, write `out_bag`, return the summary.
+
+    `params` are node parameters (validated with the shared table; pipeline ones build the
+    Pipeline unless `pipeline` is given; on_stamp_backwards and max_input_pixels apply too).
+    `copy_topics` defaults to the input's CameraInfo topics.
+    """
+    started = time.perf_counter()
+    values = P.validate(params or {})
+    in_topics = bags.topics(in_bag)
+    if topic not in in_topics or in_topics[topic].msgtype not in bags.IMAGE_TYPES:
+        images = [t for t, s in in_topics.items() if s.msgtype in bags.IMAGE_TYPES]
+        raise bags.BagError(f"{in_bag}: no image topic {topic}; image topics: "
+                            f"{', '.join(sorted(images)) or 'none'}")
+    if pipeline is None:
+        from .pipeline import Pipeline
+        pipeline = Pipeline({k: v for k, v in values.items() if P.SPECS[k].scope == "pipeline"})
+    output_topic = output_topic or bags.correspondences_topic_for(topic)
+    runner = MonoRunner(pipeline, topic, output_topic, values["on_stamp_backwards"],
+                        values["max_input_pixels"])
+    if copy_topics is None:
+        copy_topics = [t for t, s in in_topics.items() if s.msgtype == bags.CAMERA_INFO]
+    copy_topics = [t for t in copy_topics if t not in runner.input_topics]
+    missing = [t for t in copy_topics if t not in in_topics]
+    if missing:
+        raise bags.BagError(f"{in_bag}: no topic(s) {', '.join(missing)} to copy")
+    truth = bags.read_homographies(in_bag, ground_truth) if ground_truth in in_topics else {}
+    storage = storage or bags.storage_of(in_bag)
+
+    errors: list[np.ndarray] = []
+    count = 0
+    with bags.BagWriter(out_bag, storage=storage) as writer:
+        for name, msgtype in runner.output_topics.items():
+            writer.add_topic(name, msgtype)
+        connections = {}
+        for message in bags.messages(in_bag, runner.input_topics + copy_topics):
+            if message.topic in runner.input_topics:
+                for out in runner.process(bags.image_from_message(message, decode=False)):
+                    writer.write_fields(out.topic, out.log_time_ns, out.fields)
+                    count += 1
+                    record = runner.log[-1]
+                    if out.log_time_ns in truth and out.reference_log_time_ns in truth:
+                        H = truth[out.log_time_ns] @ np.linalg.inv(truth[out.reference_log_time_ns])
+                        e, n = evaluate(out.fields, H)
+                        errors.append(e)
+                        if n:
+                            record.precision = round(float((e < 3).mean()), 4)
+                            record.median_error_px = round(float(np.median(e)), 3)
+                if progress:
+                    progress(runner.log[-1])
+                continue
+            if message.topic not in connections:  # copied with its own definition and QoS
+                c = message.connection
+                qos = c.ext.offered_qos_profiles[0] if getattr(c.ext, "offered_qos_profiles", None) \
+                    else "reliable"
+                connections[message.topic] = writer.add_topic(
+                    message.topic, message.msgtype, qos,
+                    msgdef=c.msgdef.data or None, rihs01=c.digest or None)
+            writer.write_raw(message.topic, message.log_time_ns, message.data)
+
+    p = pipeline.params
+    extra = {
+        "input": str(in_bag), "output": str(out_bag), "storage": storage, "topic": topic,
+        "output_topic": output_topic, "copied_topics": sorted(copy_topics),
+        "ground_truth": ground_truth if truth else None,
+        "device": str(pipeline.device), "extractor": pipeline.extractor_name,
+        "matcher": pipeline.matcher_name, "max_keypoints": p["max_keypoints"],
+        "deterministic": p["latency_budget_ms"] == 0,
+    }
+    summary = summarise(runner.log, count, errors, extra)
+    summary["wall_s"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _print_frame(record: FrameLog) -> None:
+    if record.matches is None:
+        print(f"{record.frame_index:5d} {record.status:>8s}  {record.note}", flush=True)
+        return
+    precision = f"{record.precision:8.3f}" if record.precision is not None else "       -"
+    print(f"{record.frame_index:5d} {record.matches:8d} {record.keypoints:5d} {precision} "
+          f"{record.exit_layer:3d}/{EXIT_NAMES.get(record.exit_reason, '?'):<12s} "
+          f"{record.timings['extract_ms']:7.0f} {record.timings['match_ms']:7.0f} "
+          f"{record.timings['total_ms']:7.0f}", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m match_node.offline", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Parameters (--set): " + ", ".join(s.name for s in P.PARAMETERS))
+    parser.add_argument("in_bag", help="input bag (directory, or a .db3/.mcap file)")
+    parser.add_argument("out_bag", help="output bag directory to create (must not exist)")
+    parser.add_argument("--topic", required=True, help="image topic (Image or CompressedImage)")
+    parser.add_argument("--output-topic", help="default: <camera namespace>/correspondences")
+    parser.add_argument("--config", help="parameter YAML (the node's config format)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one parameter; repeatable")
+    parser.add_argument("--storage", choices=bags.STORAGES, help="default: the input's")
+    parser.add_argument("--copy", action="append", metavar="TOPIC",
+                        help="topic to copy unchanged (repeatable; default: CameraInfo topics)")
+    parser.add_argument("--ground-truth", default=GROUND_TRUTH_HOMOGRAPHY,
+                        help="Float64MultiArray homography topic to evaluate against")
+    parser.add_argument("--summary", help="JSON summary file (default: OUT_BAG.summary.json)")
+    parser.add_argument("--quiet", action="store_true", help="no per-frame lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        values = P.load_yaml(args.config) if args.config else {}
+        values.update(P.parse_assignments(args.set))
+        P.validate(values)
+    except (P.ParameterError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if Path(args.out_bag).exists():
+        print(f"error: {args.out_bag} exists already", file=sys.stderr)
+        return 2
+    from .weights import WeightsError
+
+    copy = None
+    if args.copy:
+        in_topics = bags.topics(args.in_bag)
+        copy = sorted({t for t, s in in_topics.items() if s.msgtype == bags.CAMERA_INFO}
+                      | set(args.copy))
+    if not args.quiet:
+        print("frame  matches  kpts prec@3px exit              extract   match   total")
+    try:
+        summary = run_offline(args.in_bag, args.out_bag, args.topic, values,
+                              output_topic=args.output_topic, storage=args.storage,
+                              copy_topics=copy, ground_truth=args.ground_truth,
+                              progress=None if args.quiet else _print_frame)
+    except (bags.BagError, P.ParameterError, WeightsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    path = Path(args.summary or str(Path(args.out_bag)).rstrip("/") + ".summary.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(summary, indent=2))
+    precision = summary["precision_at_3px"]
+    print(f"[offline] {summary['messages']} Correspondences messages for {summary['frames']} "
+          f"frames, {summary['matches'].get('mean', 0):.0f} matches per frame"
+          + (f", precision@3px {precision:.3f}" if precision is not None else "")
+          + f" -> {args.out_bag} (summary {path})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
