@@ -153,6 +153,11 @@ def write_sequence_bag(path: str | Path, frames: Sequence[np.ndarray], stamps_ns
             raise ValueError(f"need one of {name} per frame, got {len(items)} for {n} frames")
     K = np.asarray(K, np.float64).reshape(3, 3)
     height, width = frames[0].shape[:2]
+    for frame in list(frames) + list(right_frames or []):
+        # One image size for the whole bag, and images, not rows of one.
+        if frame.shape != frames[0].shape or frame.ndim not in (2, 3) or min(height, width) < 8:
+            raise ValueError(f"frames must be images of one size (at least 8x8); got "
+                             f"{frame.shape} and {frames[0].shape}")
     ts = bags.typestore()
 
     if stereo:
@@ -228,8 +233,8 @@ def render_scene(kind: str, num_frames: int, size: tuple[int, int], seed: int) -
         if kind == "stereo":
             baseline = float(world.baseline_m)
             pairs = [renderer.stereo_pair(world, T, baseline, size) for T in poses]
-            return {"frames": [left[0] for left, _ in pairs], "K": K, "poses": poses,
-                    "right_frames": [right[0] for _, right in pairs], "baseline": baseline}
+            return {"frames": [left for left, _ in pairs], "K": K, "poses": poses,
+                    "right_frames": [right for _, right in pairs], "baseline": baseline}
         return {"frames": [renderer.render(world, T, size)[0] for T in poses], "K": K,
                 "poses": poses}
     except (ImportError, AttributeError, TypeError) as error:

@@ -382,3 +382,48 @@ class Odometry:
     def is_metric(self) -> bool:
         """True when every step so far had a metric scale."""
         return all(self.metric)
+
+
+def stereo_points(left_xy: np.ndarray, right_xy: np.ndarray, K: np.ndarray,
+                  baseline: float, max_row_error: float | None = 1.0) -> np.ndarray:
+    """N x 3 points in the left camera frame (units of `baseline`) from matches across a
+    rectified pair with intrinsics K (both cameras); NaN rows where the match is not usable."""
+    depth = stereo_depth(left_xy, right_xy, K[0, 0], baseline, max_row_error=max_row_error)
+    rays = normalize_points(left_xy, K)
+    return np.concatenate([rays, np.ones((len(rays), 1))], 1) * depth[:, None]
+
+
+def pose_from_points(points_ref: np.ndarray, cur_xy: np.ndarray, K: np.ndarray,
+                     dist: np.ndarray | None = None, threshold_px: float = 1.0,
+                     min_inliers: int = MIN_INLIERS) -> tuple[PoseEstimate, float]:
+    """Metric relative pose from 3D points of the reference camera (e.g. from stereo) and
+    their pixels in the current image: PnP with RANSAC, refined on the inliers.
+
+    Returns a PoseEstimate with a unit t, like relative_pose, and the metric length of the
+    translation (so X_cur = R X_ref + scale * t). Stereo VO's usual step: the scale comes
+    from the stereo depth of every inlier, not from a ratio of two noisy reconstructions.
+    """
+    points_ref = np.asarray(points_ref, np.float64).reshape(-1, 3)
+    cur_xy = np.asarray(cur_xy, np.float64).reshape(-1, 2)
+    usable = np.isfinite(points_ref).all(1) & (points_ref[:, 2] > 0)
+    n = len(points_ref)
+    if usable.sum() < min_inliers:
+        return _failed(n, f"only {int(usable.sum())} points with depth (need {min_inliers})"), float("nan")
+    index = np.flatnonzero(usable)
+    ok, rvec, tvec, inliers = cv2.solvePnPRansac(
+        points_ref[index], cur_xy[index], K, dist, reprojectionError=threshold_px,
+        iterationsCount=1000, confidence=0.9999, flags=cv2.SOLVEPNP_SQPNP)
+    if not ok or inliers is None or len(inliers) < min_inliers:
+        return _failed(n, "PnP found no consistent pose"), float("nan")
+    inliers = inliers.reshape(-1)
+    rvec, tvec = cv2.solvePnPRefineLM(points_ref[index[inliers]], cur_xy[index[inliers]], K,
+                                      dist, rvec, tvec)
+    R, _ = cv2.Rodrigues(rvec)
+    t = tvec.reshape(3)
+    scale = float(np.linalg.norm(t))
+    mask = np.zeros(n, dtype=bool)
+    mask[index[inliers]] = True
+    if scale < 1e-12:
+        return _failed(n, "no translation", R=R, inliers=mask), 0.0
+    return PoseEstimate(R=R, t=t / scale, inliers=mask, num_inliers=int(mask.sum()), ok=True,
+                        message="ok"), scale

@@ -39,14 +39,15 @@ def sequence():
     return make_sequence("coffee", num_frames=5, size=FRAME_SIZE, step=5)
 
 
-def node_command() -> list[str]:
+def node_command(stereo: bool = False) -> list[str]:
     """The installed executable (what `ros2 run match_node match_node` runs), else the module."""
+    executable = "stereo_match_node" if stereo else "match_node"
     prefix = os.environ.get("COLCON_PREFIX_PATH", "").split(os.pathsep)[0]
     for root in filter(None, [prefix] + os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        candidate = Path(root) / "lib" / "match_node" / "match_node"
+        candidate = Path(root) / "lib" / "match_node" / executable
         if candidate.is_file():
             return [sys.executable, str(candidate)]
-    return [sys.executable, "-m", "match_node.ros.node"]
+    return [sys.executable, "-m", "match_node.ros.stereo_node" if stereo else "match_node.ros.node"]
 
 
 def test_node_process_end_to_end(ros, sequence):

@@ -242,3 +242,20 @@ def test_stereo_fixes_the_monocular_scale(scene, poses, temporal_matches, stereo
     true_step = np.linalg.norm(relative_motion(poses[REF], poses[CUR])[1])
     assert len(shared) > 200
     assert scale == pytest.approx(true_step, rel=0.1)
+
+
+def test_pnp_on_stereo_points_gives_the_metric_motion(scene, poses):
+    from match_node.vo import pose_from_points, stereo_points
+    xy_a, xy_b, points_a = synthetic_views(scene, poses[REF], poses[CUR], 500, 0.3, 3)
+    R, t = relative_motion(poses[REF], poses[CUR])
+    # Stereo points of the reference camera: right view shifted by a 10 cm baseline.
+    baseline = 0.1
+    right_a = xy_a - np.c_[scene.K[0, 0] * baseline / points_a[:, 2], np.zeros(len(xy_a))]
+    points = stereo_points(xy_a, right_a, scene.K, baseline)
+    points[::7] = np.nan  # some keypoints had no stereo match
+    estimate, scale = pose_from_points(points, xy_b, scene.K)
+    rotation, direction = pose_errors(estimate.R, estimate.t, R, t)
+    assert estimate.ok and rotation < 0.1 and direction < 2.0
+    assert scale == pytest.approx(np.linalg.norm(t), rel=0.03)
+    failed, _ = pose_from_points(points[:5], xy_b[:5], scene.K)
+    assert not failed.ok and "points with depth" in failed.message
