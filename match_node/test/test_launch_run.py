@@ -44,13 +44,13 @@ sys.exit(service.run())
 """
 
 
-def installed_launch_file() -> Path:
+def installed_launch_file(name: str = "match_node.launch.py") -> Path:
     from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
     try:
         share = Path(get_package_share_directory("match_node"))
     except PackageNotFoundError:
         pytest.skip("match_node is not installed (run scripts/setup.sh; source scripts/env.sh)")
-    return share / "launch" / "match_node.launch.py"
+    return share / "launch" / name
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,39 @@ def test_launch_file_starts_a_working_node(ros, tmp_path):
     assert "on cpu" in output, output
     assert "listening on /lt/cam/image_raw, publishing /lt/matches" in output, output
     assert "process has finished cleanly" in output, output
+
+
+def test_replay_launch_runs_bag_node_and_vo(ros, tmp_path):
+    """replay.launch.py: the bag replays with flow control into the node, whose
+    correspondences reach the VO consumer: one pose per matched frame."""
+    from geometry_msgs.msg import PoseStamped
+    from match_node import make_bag
+
+    frames = 4
+    bag = make_bag.mono_bag(tmp_path / "bag", num_frames=frames, size=FRAME_SIZE)
+    env = {**os.environ, "ROS_LOG_DIR": str(tmp_path / "ros_log"), "PYTHONUNBUFFERED": "1"}
+    poses = []
+    listener = rclpy.create_node(f"replay_launch_listener_{os.getpid()}")
+    listener.create_subscription(PoseStamped, "/rl/vo/pose", poses.append, 10)
+    log_path = tmp_path / "launch.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(installed_launch_file("replay.launch.py")),
+             f"bag:={bag}", "namespace:=rl", "device:=cpu"],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while len(poses) < frames - 1 and time.monotonic() < deadline:
+            rclpy.spin_once(listener, timeout_sec=0.1)
+        assert len(poses) == frames - 1, log_path.read_text()[-3000:]
+        assert all(p.header.frame_id == "odom" for p in poses)
+    finally:
+        listener.destroy_node()
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    output = log_path.read_text()
+    assert "[replay] done:" in output, output[-3000:]

@@ -314,6 +314,9 @@ class Replay:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Started by launch_ros, the command line ends in --ros-args ...: those are rclpy's.
+    from rclpy.utilities import remove_ros_args
+    argv = remove_ros_args(["replay", *(sys.argv[1:] if argv is None else argv)])[1:]
     args = build_parser().parse_args(argv)
     if args.rate <= 0:
         print("error: --rate must be > 0", file=sys.stderr)

@@ -21,6 +21,8 @@ from typing import Any
 from match_node_msgs.msg import Correspondences
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from rclpy.qos import qos_profile_sensor_data
+
 from ..image import ImageError
 from ..stereo import StereoMatcher, StereoSynchronizer
 from .conversions import stamp_to_ns
@@ -46,9 +48,10 @@ class StereoMatchNode(MatchNode):
             "right/image", lambda msg: self._on_side(msg, left=False))
         self.camera_info: dict[str, CameraInfo] = {}
         for side in ("left", "right"):
+            # Best effort connects to reliable and best-effort camera drivers alike.
             self.create_subscription(CameraInfo, f"{side}/camera_info",
                                      lambda msg, side=side: self.camera_info.__setitem__(side, msg),
-                                     10)
+                                     qos_profile_sensor_data)
         self.get_logger().info(
             f"pairing {self.left_subscription.topic_name} and "
             f"{self.right_subscription.topic_name} (slop {v['stereo_slop_ms']} ms), publishing "

@@ -19,7 +19,7 @@ Publishes    vo/pose (geometry_msgs/PoseStamped), vo/odometry (nav_msgs/Odometry
 from __future__ import annotations
 
 import sys
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import numpy as np
 import rclpy
@@ -29,7 +29,7 @@ from nav_msgs.msg import Odometry as OdometryMsg
 from nav_msgs.msg import Path
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo
 
 from .. import vo
@@ -113,12 +113,17 @@ class VoExample(Node):
         self.right_info: CameraInfo | None = None
         self.stereo: OrderedDict[int, Correspondences] = OrderedDict()  # by left stamp
         self.estimates: list[tuple[int, vo.PoseEstimate, float | None]] = []
+        # Correspondences that arrive before the first CameraInfo wait for it (a bag replay or
+        # a launch can start publishing before this node's camera_info subscription matches).
+        self.waiting: deque[Correspondences] = deque(maxlen=100)
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(Correspondences, "correspondences", self._on_temporal, reliable)
         self.create_subscription(Correspondences, "correspondences/stereo", self._on_stereo,
                                  reliable)
-        self.create_subscription(CameraInfo, "camera_info", self._on_info, 10)
-        self.create_subscription(CameraInfo, "right/camera_info", self._on_right_info, 10)
+        # Best effort connects to reliable and best-effort camera drivers alike.
+        self.create_subscription(CameraInfo, "camera_info", self._on_info, qos_profile_sensor_data)
+        self.create_subscription(CameraInfo, "right/camera_info", self._on_right_info,
+                                 qos_profile_sensor_data)
         self.pose_publisher = self.create_publisher(PoseStamped, "vo/pose", 10)
         self.odometry_publisher = self.create_publisher(OdometryMsg, "vo/odometry", 10)
         self.path_publisher = self.create_publisher(Path, "vo/path", 10)
@@ -126,7 +131,11 @@ class VoExample(Node):
         self.path.header.frame_id = self.world_frame
 
     def _on_info(self, msg: CameraInfo) -> None:
+        first = self.info is None
         self.info = msg
+        if first:
+            while self.waiting:
+                self._on_temporal(self.waiting.popleft())
 
     def _on_right_info(self, msg: CameraInfo) -> None:
         self.right_info = msg
@@ -138,8 +147,9 @@ class VoExample(Node):
 
     def _on_temporal(self, msg: Correspondences) -> None:
         if self.info is None:
-            self.get_logger().warning("no camera_info yet: correspondences skipped",
+            self.get_logger().warning("no camera_info yet: correspondences wait for it",
                                       throttle_duration_sec=5.0)
+            self.waiting.append(msg)
             return
         if msg.tracks_reset and len(self.odometry.poses) > 1:
             self.get_logger().info("tracking restarted upstream; the trajectory continues")
