@@ -145,3 +145,32 @@ def test_replay_launch_runs_bag_node_and_vo(ros, tmp_path):
             process.wait()
     output = log_path.read_text()
     assert "[replay] done:" in output, output[-3000:]
+
+
+def test_stereo_launch_starts_a_remapped_stereo_node(ros, tmp_path):
+    env = {**os.environ, "ROS_LOG_DIR": str(tmp_path / "ros_log"), "PYTHONUNBUFFERED": "1"}
+    probe = rclpy.create_node(f"stereo_launch_probe_{os.getpid()}")
+    log_path = tmp_path / "launch.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(installed_launch_file("stereo.launch.py")),
+             "namespace:=sl", "left_topic:=/rig/left/image_rect",
+             "right_topic:=/rig/right/image_rect", "device:=cpu"],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        def ready() -> bool:
+            return (("stereo_match_node", "/sl") in probe.get_node_names_and_namespaces()
+                    and probe.count_subscribers("/rig/left/image_rect") > 0
+                    and probe.count_subscribers("/rig/right/image_rect") > 0
+                    and probe.count_publishers("/sl/correspondences/stereo") > 0
+                    and probe.count_publishers("/sl/correspondences/temporal") > 0)
+        wait_until(ready, 60, "the stereo node with its remapped topics")
+    finally:
+        probe.destroy_node()
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log_path.read_text()[-3000:]
