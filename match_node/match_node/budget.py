@@ -243,7 +243,11 @@ class LatencyBudget:
         native = self._native_side or (self.max_image_side or 1 << 16)
         return min(self.max_image_side, native) if self.max_image_side else native
 
-    def settings(self) -> FrameSettings:
+    def settings(self, image_size: tuple[int, int] | None = None) -> FrameSettings:
+        """Keypoint cap and working resolution for the next frame, of `image_size` (w, h) when
+        known: a frame of a new size must not be extracted at the previous size's side."""
+        if image_size is not None:
+            self._set_native(image_size)
         side = int(round(self.image_side))
         reduced = self.enabled and side < self._side_upper()
         if side >= self._side_upper() and not self.max_image_side:
@@ -290,15 +294,22 @@ class LatencyBudget:
         typical = extraction + (self.target_layers - 1) * layer + last
         return max(safety, typical) + self._overhead_ms
 
-    # --- control ----------------------------------------------------------------------------
-    def observe(self, record: FrameRecord, native_size: tuple[int, int]) -> None:
-        """Learn from a finished frame and adapt the settings for the next one."""
+    def _set_native(self, native_size: tuple[int, int]) -> None:
         native_side = max(native_size)
         if native_side != self._native_side:
+            # Keep the working scale relative to the image: full resolution stays full.
+            scale = self.image_side / self._side_upper() if self._native_side else 1.0
             self._native_side, self._native_pixels = native_side, native_size[0] * native_size[1]
+            self._full_count = 0.0  # a count of another image size says nothing of this one
+            self.image_side = min(scale, 1.0) * self._side_upper()
             self.configure(self.budget_ms, self.percentile, self.min_keypoints,
                            self.max_keypoints, self.min_image_side, self.max_image_side,
                            self.target_layers)
+
+    # --- control ----------------------------------------------------------------------------
+    def observe(self, record: FrameRecord, native_size: tuple[int, int]) -> None:
+        """Learn from a finished frame and adapt the settings for the next one."""
+        self._set_native(native_size)
         features = extraction_features(record.working_pixels, record.detected)
         if self.extraction.count >= 3:
             self.extraction_error.add(record.extract_ms, self.extraction.predict(features))

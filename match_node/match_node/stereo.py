@@ -145,8 +145,9 @@ class StereoMatcher:
         if temporal.dropped:
             return StereoEvent(None, temporal, temporal.note)
         frame = self.stream.previous
-        left_features = frame.features or self.pipeline.extract(left, budget.settings())
-        right_features = self.pipeline.extract(right, budget.settings())
+        size = (left.shape[1], left.shape[0])  # both sides checked equal above
+        left_features = frame.features or self.pipeline.extract(left, budget.settings(size))
+        right_features = self.pipeline.extract(right, budget.settings(size))
         stereo = self.pipeline.match_features(left_features, right_features,
                                               hook=budget.deadline(start))
         # Right keypoints are extracted once per pair, their time is this pair's.

@@ -162,6 +162,15 @@ def test_bounds():
     assert budget.settings().max_keypoints == 700 and budget.settings().max_image_side == 0
 
 
+def test_a_new_image_size_is_not_extracted_at_the_previous_size():
+    # Regression: after 320x240 frames, a 741x500 frame was resized to 320 px.
+    for budget_ms in (0.0, 500.0):
+        budget = LatencyBudget(budget_ms=budget_ms, max_keypoints=512, max_image_side=1024)
+        budget.observe(FrameRecord(0.1, 20.0, 5.0, 26.0, 320 * 240, 300, 512, 320), (320, 240))
+        assert budget.settings((320, 240)).max_image_side == 320
+        assert budget.settings((741, 500)).max_image_side == 741
+
+
 def test_cost_model_error_quantile_is_the_safety_factor():
     cost = CostModel()
     for i in range(60):
