@@ -361,20 +361,19 @@ class Pipeline:
             low = self.matcher_switch().low
             if not (self.matcher_name == "auto"
                     and any(self.texture(f).is_low(*low) for f in (features0, features1))):
-                result = self.match_features(features0, features1)
-                # Both images were extracted for this call: count both in the timings.
-                t = result.timings
-                t["preprocess_ms"] += features0.preprocess_ms
-                t["extract_ms"] += features0.extract_ms
-                t["total_ms"] = t["preprocess_ms"] + t["extract_ms"] + t["match_ms"]
-                return result
+                return _count_reference(self.match_features(features0, features1), features0)
         loftr0, loftr1 = self.extract_loftr(image0), self.extract_loftr(image1)
-        result = self.match_loftr(loftr0, loftr1)
-        t = result.timings
-        t["preprocess_ms"] += loftr0.preprocess_ms
-        t["extract_ms"] += loftr0.extract_ms
-        t["total_ms"] = t["preprocess_ms"] + t["extract_ms"] + t["match_ms"]
-        return result
+        return _count_reference(self.match_loftr(loftr0, loftr1), loftr0)
+
+
+def _count_reference(result: MatchResult, reference: Features | LoftrFeatures) -> MatchResult:
+    """A pair matched from scratch: its timings include the reference image's extraction
+    (in a stream that image's features are cached and cost nothing)."""
+    t = result.timings
+    t["preprocess_ms"] += reference.preprocess_ms
+    t["extract_ms"] += reference.extract_ms
+    t["total_ms"] = t["preprocess_ms"] + t["extract_ms"] + t["match_ms"]
+    return result
 
 
 @dataclass
@@ -507,7 +506,7 @@ class SequentialMatcher:
             self._record = None
             return Frame(image, (image.shape[1], image.shape[0]), "loftr")
         budget = self.pipeline.budget
-        features = self.pipeline.extract(image, budget.settings())
+        features = self.pipeline.extract(image, budget.settings((image.shape[1], image.shape[0])))
         w, h = features.working_size
         self._record = FrameRecord(
             features.preprocess_ms, features.extract_ms, 0.0, budget.clock() - start, w * h,

@@ -45,3 +45,13 @@ def loftr_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("loftr") / "outdoor_ds.ckpt"
     torch.save({"state_dict": {f"matcher.{k}": v for k, v in state.items()}, "epoch": 0}, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """rclpy initialised for a test module that runs real nodes (see rosutil for isolation)."""
+    import rosutil  # noqa: F401  (sets ROS_DOMAIN_ID before rclpy creates its context)
+    import rclpy
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()

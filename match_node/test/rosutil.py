@@ -97,3 +97,18 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout:.0f} s: {what}")
+
+
+def stop_process(process, timeout: float = 20.0) -> str:
+    """Interrupt a node or launch process like Ctrl-C; kill it if it does not stop in time.
+    Returns its captured output, if it was started with stdout=PIPE."""
+    import signal
+    import subprocess
+
+    process.send_signal(signal.SIGINT)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output or ""

@@ -5,7 +5,6 @@ Needs `launch` and `launch_ros`, which are not on PyPI: skipped where they are a
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (ru
 pytest.importorskip("launch_ros", reason="launch_ros is not installable from PyPI; on a robot it "
                     "comes with the ROS 2 distribution")
 
-from rosutil import Harness, image_msg, wait_until  # noqa: E402  (sets the DDS domain)
+from rosutil import Harness, image_msg, stop_process, wait_until  # noqa: E402  (sets the DDS domain)
 
 import rclpy  # noqa: E402
 
@@ -53,11 +52,6 @@ def installed_launch_file(name: str = "match_node.launch.py") -> Path:
     return share / "launch" / name
 
 
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
 
 
 def test_launch_file_starts_a_working_node(ros, tmp_path):
@@ -98,12 +92,7 @@ def test_launch_file_starts_a_working_node(ros, tmp_path):
     finally:
         if harness is not None:
             harness.close()
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
     output = log_path.read_text()
     assert process.returncode == 0, output
     assert "on cpu" in output, output
@@ -137,12 +126,7 @@ def test_replay_launch_runs_bag_node_and_vo(ros, tmp_path):
         assert all(p.header.frame_id == "odom" for p in poses)
     finally:
         listener.destroy_node()
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
     output = log_path.read_text()
     assert "[replay] done:" in output, output[-3000:]
 
@@ -167,10 +151,5 @@ def test_stereo_launch_starts_a_remapped_stereo_node(ros, tmp_path):
         wait_until(ready, 60, "the stereo node with its remapped topics")
     finally:
         probe.destroy_node()
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
     assert process.returncode == 0, log_path.read_text()[-3000:]

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,9 +13,8 @@ import pytest
 
 pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (run scripts/setup.sh)")
 
-from rosutil import Harness, image_msg, wait_until  # noqa: E402  (sets the DDS domain)
+from rosutil import Harness, image_msg, stop_process, wait_until  # noqa: E402  (sets the DDS domain)
 
-import rclpy  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
@@ -27,11 +24,6 @@ from match_node.sequence import make_sequence, reprojection_errors  # noqa: E402
 FRAME_SIZE = (320, 240)
 
 
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +89,7 @@ def test_node_process_end_to_end(ros, sequence):
             previous_ids = ids
     finally:
         harness.close()
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
+        output = stop_process(process)
     assert process.returncode == 0, output
     assert "aliked-n16 + lightglue on cpu" in output
 

@@ -6,7 +6,7 @@ from match_node import ParameterError, Pipeline, SequentialMatcher
 from match_node.models.lightglue import EXIT_NO_KEYPOINTS
 from match_node.sequence import make_sequence, reprojection_errors
 
-from conftest import warp
+
 
 
 def test_match_pair_is_precise(pipeline, coffee_pair):

@@ -14,7 +14,6 @@ pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (ru
 from rosutil import wait_until  # noqa: E402  (sets the DDS domain)
 from test_node import node_command  # noqa: E402
 
-import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
@@ -25,11 +24,6 @@ from match_node.ros.replay import header_stamp_ns  # noqa: E402
 FRAMES = 6
 
 
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (ru
 
 from rosutil import image_msg, wait_until  # noqa: E402  (sets the DDS domain)
 
-import rclpy  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -20,11 +19,6 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # 
 from sensor_msgs.msg import Image  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
 
 
 @pytest.fixture(scope="module")

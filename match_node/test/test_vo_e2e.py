@@ -4,8 +4,6 @@ compared with the ground truth."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -15,10 +13,9 @@ import pytest
 
 pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (run scripts/setup.sh)")
 
-from rosutil import wait_until  # noqa: E402  (sets the DDS domain)
+from rosutil import stop_process, wait_until  # noqa: E402  (sets the DDS domain)
 from test_node import node_command  # noqa: E402
 
-import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from match_node import bags, make_bag, vo  # noqa: E402
@@ -27,11 +24,6 @@ FRAMES = 6
 SIZE = (370, 250)  # half the Middlebury resolution: quick on two cores
 
 
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +82,7 @@ def test_replay_node_vo_against_ground_truth(ros, scene_bag):
     finally:
         executor.shutdown()
         consumer.destroy_node()
-        node.send_signal(signal.SIGINT)
-        try:
-            node.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        stop_process(node)
 
     poses = ground_truth(scene_bag)
     stamps = make_bag.stamps(FRAMES, 10.0)
@@ -164,11 +152,7 @@ def test_stereo_replay_gives_metric_scale(ros, stereo_bag):
     finally:
         executor.shutdown()
         consumer.destroy_node()
-        node.send_signal(signal.SIGINT)
-        try:
-            node.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        stop_process(node)
 
     poses = ground_truth(stereo_bag)
     stamps = make_bag.stamps(FRAMES, 10.0)
