@@ -121,7 +121,7 @@ REQ_ALL="$VENV/.match_node_requirements.txt"
   fi
 } >"$REQ_ALL.new"
 mv "$REQ_ALL.new" "$REQ_ALL"
-REQ_HASH="$( { sha256sum "$REQ_ALL"; python -VV; } | sha256sum | cut -d' ' -f1)"
+REQ_HASH="$( { sha256sum "$REQ_ALL" requirements-nodeps.txt; python -VV; } | sha256sum | cut -d' ' -f1)"
 
 if [[ -f "$STAMP" && "$(sed -n 2p "$STAMP")" == "requirements=$REQ_HASH" ]]; then
   log "Python packages up to date"
@@ -129,6 +129,8 @@ else
   log "installing Python packages (requirements changed; a fresh venv takes a few minutes)"
   # One pip call for everything, so that the resolver sees all pins at once.
   python -m pip install --quiet -r "$REQ_ALL"
+  # Packages whose declared dependencies clash with ours (see the file).
+  python -m pip install --quiet --no-deps -r requirements-nodeps.txt
   printf 'mode=%s\nrequirements=%s\n' "$MODE" "$REQ_HASH" >"$STAMP"
 fi
 
