@@ -27,10 +27,17 @@ EXIT_CONFIDENCE = 1
 EXIT_BUDGET = 2
 EXIT_NO_KEYPOINTS = 3
 
-# Descriptor dimensions and positional inputs of the official feature configurations.
+# The official feature configurations: descriptor dimension, positional inputs and, for
+# XFeat's LighterGlue, a smaller transformer (96-d, 1 head, 6 layers, no early exit by default).
 FEATURES: dict[str, dict[str, Any]] = {
     "aliked": {"input_dim": 128, "add_scale_ori": False, "checkpoint": "lightglue-aliked"},
     "disk": {"input_dim": 128, "add_scale_ori": False, "checkpoint": "lightglue-disk"},
+    "superpoint": {"input_dim": 256, "add_scale_ori": False,
+                   "checkpoint": "lightglue-superpoint"},
+    "sift": {"input_dim": 128, "add_scale_ori": True, "checkpoint": "lightglue-sift"},
+    "xfeat": {"input_dim": 64, "add_scale_ori": False, "checkpoint": "xfeat-lighterglue",
+              "descriptor_dim": 96, "num_heads": 1, "n_layers": 6, "depth_confidence": -1,
+              "width_confidence": 0.95},
 }
 
 
@@ -235,12 +242,14 @@ class LightGlue(nn.Module):
         unknown = set(conf) - set(self.default_conf)
         if unknown:
             raise ValueError(f"unknown LightGlue options: {sorted(unknown)}")
-        self.conf = {**self.default_conf, **conf}
-        features = self.conf["features"]
+        features = conf.get("features", self.default_conf["features"])
         if features not in FEATURES:
             raise ValueError(f"LightGlue has no {features!r} configuration; "
                              f"choose from {sorted(FEATURES)}")
         spec = FEATURES[features]
+        # The configuration's own architecture and defaults, then the caller's options.
+        own = {k: v for k, v in spec.items() if k in self.default_conf}
+        self.conf = {**self.default_conf, **own, **conf}
         dim, heads, n = self.conf["descriptor_dim"], self.conf["num_heads"], self.conf["n_layers"]
         self.input_dim = spec["input_dim"]
         self.add_scale_ori = spec["add_scale_ori"]
@@ -277,8 +286,11 @@ class LightGlue(nn.Module):
     @torch.no_grad()
     def forward(self, kpts0: torch.Tensor, kpts1: torch.Tensor, desc0: torch.Tensor,
                 desc1: torch.Tensor, size0: torch.Tensor, size1: torch.Tensor,
-                hook: LayerHook | None = None) -> MatchOutput:
+                hook: LayerHook | None = None, scale_ori0: torch.Tensor | None = None,
+                scale_ori1: torch.Tensor | None = None) -> MatchOutput:
         """Match one pair. kpts: 1 x N x 2 pixels, desc: 1 x N x D, size: 1 x 2 (w, h).
+        scale_ori: 1 x N x 2 (scale in pixels, orientation in radians), required by the
+        configurations that take them (SIFT), passed unnormalised as the official code does.
 
         `hook.before_layer` may stop the stack before any layer after the first; the exit then
         takes the previous layer's assignment, with reason EXIT_BUDGET.
@@ -298,6 +310,12 @@ class LightGlue(nn.Module):
                                  f"({self.conf['features']}) expects {self.input_dim}")
         pos0 = normalize_keypoints(kpts0, size0)
         pos1 = normalize_keypoints(kpts1, size1)
+        if self.add_scale_ori:
+            if scale_ori0 is None or scale_ori1 is None:
+                raise ValueError(f"this LightGlue ({self.conf['features']}) needs the "
+                                 "keypoints' scales and orientations")
+            pos0 = torch.cat([pos0, scale_ori0.float()], -1)
+            pos1 = torch.cat([pos1, scale_ori1.float()], -1)
         encoding0, encoding1 = self.posenc(pos0), self.posenc(pos1)
         desc0, desc1 = self.input_proj(desc0), self.input_proj(desc1)
 
