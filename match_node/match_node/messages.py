@@ -41,9 +41,10 @@ ARRAY_FIELDS: dict[str, np.dtype] = {
     "confidence": np.dtype("<f4"),
     "reference_index": np.dtype("<u4"), "current_index": np.dtype("<u4"),
     "track_id": np.dtype("<u8"),
+    "refined": np.dtype("u1"),
 }
 # Fields that measure time: they differ between two runs of the same input.
-TIMING_FIELDS = ("preprocess_ms", "extract_ms", "match_ms", "total_ms", "wait_ms")
+TIMING_FIELDS = ("preprocess_ms", "extract_ms", "match_ms", "refine_ms", "total_ms", "wait_ms")
 
 
 def time_fields(stamp_ns: int) -> dict[str, int]:
@@ -93,6 +94,8 @@ def correspondence_fields(result: MatchResult, header_stamp_ns: int, frame_id: s
         "reference_index": arr(result.indices0, "reference_index"),
         "current_index": arr(result.indices1, "current_index"),
         "track_id": arr(result.track_ids, "track_id"),
+        "refined": arr(result.refined if len(result.refined) == len(result)
+                       else np.zeros(len(result)), "refined"),
         "reference_num_keypoints": int(result.num_keypoints0),
         "current_num_keypoints": int(result.num_keypoints1),
         "extractor": str(result.extractor),
@@ -100,11 +103,13 @@ def correspondence_fields(result: MatchResult, header_stamp_ns: int, frame_id: s
         "exit_layer": int(result.exit_layer),
         "num_layers": int(result.num_layers),
         "exit_reason": int(result.exit_reason),
+        "exit_guard_fired": bool(result.guard_fired),
         "reference_kept": int(result.kept0),
         "current_kept": int(result.kept1),
         "preprocess_ms": float(t["preprocess_ms"]),
         "extract_ms": float(t["extract_ms"]),
         "match_ms": float(t["match_ms"]),
+        "refine_ms": float(t.get("refine_ms", 0.0)),
         "total_ms": float(t["total_ms"]),
         "wait_ms": float(wait_ms),
         "latency_budget_ms": float(result.latency_budget_ms),

@@ -143,6 +143,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("filter_threshold", 0.1,
               "Minimum match confidence for a match to be reported.", min=0.0, max=1.0,
               read_only=False),
+    ParamSpec("exit_guard", 0.5,
+              "LightGlue exit guard: refuse a confidence-based early exit that would keep fewer "
+              "than this share of the matches recent frames had per keypoint (the official "
+              "early exit can collapse on blurred, low-contrast pairs); 0 disables.",
+              min=0.0, max=1.0, read_only=False),
+    ParamSpec("refine", "patch",
+              "Sub-pixel refinement of each match's current keypoint: 'patch' (affine-aware "
+              "patch alignment, the most accurate), 'lk' (OpenCV Lucas-Kanade, cheaper, "
+              "translation only) or 'none'. Matches that do not converge keep their position "
+              "and are flagged; the latency budget skips it when time is short.",
+              choices=("none", "patch", "lk"), read_only=False),
     ParamSpec("superglue_model", "indoor",
               "SuperGlue weights the matcher_weights file is (superglue_indoor.pth or "
               "superglue_outdoor.pth; same architecture).", choices=SUPERGLUE_MODELS),

@@ -26,10 +26,11 @@ from . import weights
 from .budget import (FrameRecord, FrameSettings, LatencyBudget, calibrate_extraction,
                      calibrate_layers)
 from .image import Prepared, prepare
-from .models.lightglue import (EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS, LayerHook, LightGlue,
-                               MatchOutput)
+from .models.lightglue import (EXIT_CONFIDENCE, EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS, LayerHook,
+                               LightGlue, MatchOutput)
 from .models.loftr import LoFTR
 from .models.nearest import NearestNeighbor
+from .refine import refine_matches, to_gray
 from .texture import MatcherSwitch, Texture, measure_texture
 from .tracker import Tracker
 
@@ -99,6 +100,8 @@ class MatchResult:
     extractor: str
     matcher: str
     track_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    refined: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    guard_fired: bool = False           # the exit guard refused a collapsed early exit
     layer_points: list[tuple[int, int]] = field(default_factory=list)
     latency_budget_ms: float = 0.0
     keypoint_cap: int = 0               # cap used for image 1's extraction
@@ -151,6 +154,10 @@ class Pipeline:
             self.loftr.eval().to(self.device)
         self.budget = LatencyBudget(clock=self._clock)
         self._calibrated = False
+        self._refine_ms_per_match = 0.0
+        # Prior of matches per keypoint before any pair was seen (easy pairs reach 0.5-0.9):
+        # with exit_guard 0.5 a first exit is refused below 10% of the keypoints.
+        self._match_ratio = 0.2
         self._apply_runtime_params()
 
     def _build_matcher(self) -> tuple[torch.nn.Module, Path | None]:
@@ -343,9 +350,9 @@ class Pipeline:
             num_keypoints0=len(features0), num_keypoints1=len(features1),
             image_size0=features0.image_size, image_size1=features1.image_size,
             exit_layer=out.exit_layer, num_layers=out.num_layers, exit_reason=out.exit_reason,
-            kept0=out.kept0, kept1=out.kept1,
+            kept0=out.kept0, kept1=out.kept1, guard_fired=out.guard_fired,
             timings={"preprocess_ms": features1.preprocess_ms,
-                     "extract_ms": features1.extract_ms, "match_ms": match_ms,
+                     "extract_ms": features1.extract_ms, "match_ms": match_ms, "refine_ms": 0.0,
                      "total_ms": features1.preprocess_ms + features1.extract_ms + match_ms},
             extractor=self.extractor_name, matcher=self.detector_matcher,
             layer_points=out.layer_points, latency_budget_ms=self.budget.budget_ms,
@@ -364,10 +371,16 @@ class Pipeline:
                                 size0, size1, features0.scores[None], features1.scores[None])
         scale_ori0 = features0.scale_ori[None] if features0.scale_ori is not None else None
         scale_ori1 = features1.scale_ori[None] if features1.scale_ori is not None else None
-        return self.matcher(features0.keypoints[None], features1.keypoints[None],
-                            features0.descriptors[None], features1.descriptors[None],
-                            size0, size1, hook=hook, scale_ori0=scale_ori0,
-                            scale_ori1=scale_ori1)
+        fewest = min(len(features0), len(features1))
+        min_exit_matches = int(np.ceil(self.params["exit_guard"] * self._match_ratio * fewest))
+        out = self.matcher(features0.keypoints[None], features1.keypoints[None],
+                           features0.descriptors[None], features1.descriptors[None],
+                           size0, size1, hook=hook, scale_ori0=scale_ori0,
+                           scale_ori1=scale_ori1, min_exit_matches=min_exit_matches)
+        if fewest and out.exit_reason in (EXIT_FULL_DEPTH, EXIT_CONFIDENCE):
+            # Matches per keypoint of recent pairs: what the guard expects of the next one.
+            self._match_ratio = 0.9 * self._match_ratio + 0.1 * len(out.matches) / fewest
+        return out
 
     # --- LoFTR and the texture measure ---------------------------------------------------
     @torch.no_grad()
@@ -411,11 +424,41 @@ class Pipeline:
             exit_layer=0, num_layers=0, exit_reason=EXIT_FULL_DEPTH,
             kept0=features0.num_cells, kept1=features1.num_cells,
             timings={"preprocess_ms": features1.preprocess_ms,
-                     "extract_ms": features1.extract_ms, "match_ms": match_ms,
+                     "extract_ms": features1.extract_ms, "match_ms": match_ms, "refine_ms": 0.0,
                      "total_ms": features1.preprocess_ms + features1.extract_ms + match_ms},
             extractor=self.params["loftr_model"], matcher="loftr",
             latency_budget_ms=self.budget.budget_ms, keypoint_cap=0,
             extraction_scale=features1.scale[0])
+
+    # --- sub-pixel refinement -------------------------------------------------------------
+    @property
+    def refining(self) -> bool:
+        return self.params["refine"] != "none"
+
+    def refine_result(self, result: MatchResult, gray0: np.ndarray, gray1: np.ndarray) -> None:
+        """Refine `result`'s current keypoints in place (see refine.py): keypoints1, the
+        refined flags, timings refine_ms and total_ms."""
+        start = time.perf_counter()
+        keypoints1, refined = refine_matches(self.params["refine"], gray0, gray1,
+                                             result.keypoints0, result.keypoints1)
+        elapsed = (time.perf_counter() - start) * 1e3
+        result.keypoints1 = keypoints1.astype(np.float32)
+        result.refined = refined.astype(np.uint8)
+        result.timings["refine_ms"] = elapsed
+        result.timings["total_ms"] += elapsed
+        if len(result):
+            per_match = elapsed / len(result)
+            self._refine_ms_per_match = (per_match if self._refine_ms_per_match == 0
+                                         else 0.8 * self._refine_ms_per_match + 0.2 * per_match)
+
+    def refine_fits(self, matches: int, started_ms: float) -> bool:
+        """Whether refining `matches` matches fits the latency budget of a frame started at
+        `started_ms` (always true without a budget)."""
+        budget = self.budget
+        if not budget.enabled:
+            return True
+        predicted = self._refine_ms_per_match * matches
+        return budget.clock() - started_ms + predicted + budget.reserve_ms() <= budget.budget_ms
 
     def texture(self, features: Features) -> Texture:
         """How much texture the extractor found in a frame (see texture.py)."""
@@ -438,7 +481,10 @@ class Pipeline:
             low = self.matcher_switch().low
             if not (self.matcher_name == "auto"
                     and any(self.texture(f).is_low(*low) for f in (features0, features1))):
-                return _count_reference(self.match_features(features0, features1), features0)
+                result = _count_reference(self.match_features(features0, features1), features0)
+                if self.refining:
+                    self.refine_result(result, to_gray(image0), to_gray(image1))
+                return result
         loftr0, loftr1 = self.extract_loftr(image0), self.extract_loftr(image1)
         return _count_reference(self.match_loftr(loftr0, loftr1), loftr0)
 
@@ -478,6 +524,10 @@ class Frame:
     matcher: str                          # the matcher chosen for this frame
     features: Features | None = None      # extractor keypoints (LightGlue, texture)
     loftr: LoftrFeatures | None = None    # computed when LoFTR needs this frame
+    gray: np.ndarray | None = None        # float gray image, kept for refinement
+    # Keypoint positions after refinement (N x 2): where this frame was the current one its
+    # matched keypoints moved; as the next pair's reference it reports the same positions.
+    positions: np.ndarray | None = None
 
 
 class SequentialMatcher:
@@ -504,6 +554,7 @@ class SequentialMatcher:
         self.previous_stamp: int | None = None
         self.frame_index = -1
         self.tracks_reset_pending = True
+        self.refine_skipped = 0  # frames whose refinement the latency budget skipped
         self._record: FrameRecord | None = None
         self._record_size: tuple[int, int] = (0, 0)
 
@@ -565,6 +616,8 @@ class SequentialMatcher:
             counts = (len(previous.features), len(frame.features))
             if self._record is not None:
                 self._record.match_ms = result.timings["match_ms"]
+            if self.pipeline.refining:
+                self._refine(previous, frame, result, start)
         if self.tracker.space != frame.matcher:
             # Another matcher's keypoints are other points: their tracks start afresh.
             self.tracker.start(counts[0], space=frame.matcher)
@@ -583,6 +636,23 @@ class SequentialMatcher:
             event.note = "no keypoints in this frame (blank or textureless image)"
         return event
 
+    def _refine(self, previous: Frame, frame: Frame, result: MatchResult, start: float) -> None:
+        """Sub-pixel refinement of the pair's current keypoints, when it fits the budget."""
+        if previous.positions is not None:
+            result.keypoints0 = previous.positions[result.indices0].astype(np.float32)
+        if frame.gray is None:  # refinement was switched on at run time
+            frame.gray = to_gray(frame.image)
+        if not len(result) or previous.gray is None:
+            return
+        if not self.pipeline.refine_fits(len(result), start):
+            self.refine_skipped += 1
+            return
+        self.pipeline.refine_result(result, previous.gray, frame.gray)
+        positions = frame.features.keypoints.cpu().numpy().astype(np.float32)
+        refined = result.refined.astype(bool)
+        positions[result.indices1[refined]] = result.keypoints1[refined]
+        frame.positions = positions
+
     def _frame(self, image: np.ndarray, start: float) -> Frame:
         """Extract what every frame needs and choose its matcher."""
         mode = self.pipeline.matcher_name
@@ -598,7 +668,8 @@ class SequentialMatcher:
         self._record_size = features.image_size
         matcher = (self.switch.update(self.pipeline.texture(features)) if mode == "auto"
                    else self.pipeline.detector_matcher)
-        return Frame(image, features.image_size, matcher, features)
+        gray = to_gray(image) if self.pipeline.refining else None
+        return Frame(image, features.image_size, matcher, features, gray=gray)
 
     def finish_frame(self, total_ms: float | None = None) -> None:
         """Give the latency budget the frame's measurements. `total_ms` is the whole frame as

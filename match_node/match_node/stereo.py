@@ -18,6 +18,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from .pipeline import MatchResult, Pipeline, SequentialMatcher, StreamEvent
+from .refine import to_gray
 
 T = TypeVar("T")
 
@@ -38,6 +39,8 @@ def filter_result(result: MatchResult, keep: np.ndarray) -> MatchResult:
         setattr(result, name, getattr(result, name)[keep])
     if len(result.track_ids) == len(keep):
         result.track_ids = result.track_ids[keep]
+    if len(result.refined) == len(keep):
+        result.refined = result.refined[keep]
     return result
 
 
@@ -150,6 +153,11 @@ class StereoMatcher:
         right_features = self.pipeline.extract(right, budget.settings(size))
         stereo = self.pipeline.match_features(left_features, right_features,
                                               hook=budget.deadline(start))
+        if frame.positions is not None:  # left keypoints as the temporal message reports them
+            stereo.keypoints0 = frame.positions[stereo.indices0].astype(np.float32)
+        if self.pipeline.refining and len(stereo) and self.pipeline.refine_fits(len(stereo), start):
+            left_gray = frame.gray if frame.gray is not None else to_gray(left)
+            self.pipeline.refine_result(stereo, left_gray, to_gray(right))
         # Right keypoints are extracted once per pair, their time is this pair's.
         stereo.timings["total_ms"] = budget.clock() - start
         if self.epipolar_tolerance_px > 0:

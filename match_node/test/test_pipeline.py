@@ -18,7 +18,9 @@ def test_match_pair_is_precise(pipeline, coffee_pair):
     assert np.median(errors) < 1.0
     assert result.scores.min() > pipeline.params["filter_threshold"]
     assert 1 <= result.exit_layer <= result.num_layers == 9
-    assert set(result.timings) == {"preprocess_ms", "extract_ms", "match_ms", "total_ms"}
+    assert set(result.timings) == {"preprocess_ms", "extract_ms", "match_ms", "refine_ms",
+                                   "total_ms"}
+    assert result.refined.shape == (len(result),) and result.refined.mean() > 0.5
     # Indices point at the keypoints reported.
     assert np.all(result.indices0 < result.num_keypoints0)
 

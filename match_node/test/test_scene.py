@@ -1,6 +1,5 @@
 """The Motorcycle scene: calibration, ground-truth consistency with the real right image,
 rendering, and the test trajectory."""
-import time
 
 import cv2
 import numpy as np
@@ -94,19 +93,6 @@ def test_render_smaller_view_scales_intrinsics(scene):
     error = absdiff(image, reference)[mask]
     # Different resampling filters (Gaussian + bilinear vs box): small differences.
     assert np.median(error) <= 1.0 and np.percentile(error, 95) <= 6.0
-
-
-def test_render_is_fast(scene):
-    pose = trajectory(4)[3]
-    render(scene, pose)  # warm-up: builds the point cloud once
-    best = min(_timed(lambda: render(scene, pose)) for _ in range(3))
-    assert best < 0.5
-
-
-def _timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
 
 
 def warp_with_depth(image_a, K, depth_b, T_a, T_b):

@@ -221,6 +221,7 @@ class MatchOutput:
     kept0: int                   # points still active at the exit, per image
     kept1: int
     layer_points: list[tuple[int, int]]  # active points per image at each layer run
+    guard_fired: bool = False            # the exit guard refused a collapsed early exit
 
 
 class LightGlue(nn.Module):
@@ -287,10 +288,14 @@ class LightGlue(nn.Module):
     def forward(self, kpts0: torch.Tensor, kpts1: torch.Tensor, desc0: torch.Tensor,
                 desc1: torch.Tensor, size0: torch.Tensor, size1: torch.Tensor,
                 hook: LayerHook | None = None, scale_ori0: torch.Tensor | None = None,
-                scale_ori1: torch.Tensor | None = None) -> MatchOutput:
+                scale_ori1: torch.Tensor | None = None,
+                min_exit_matches: int = 0) -> MatchOutput:
         """Match one pair. kpts: 1 x N x 2 pixels, desc: 1 x N x D, size: 1 x 2 (w, h).
         scale_ori: 1 x N x 2 (scale in pixels, orientation in radians), required by the
         configurations that take them (SIFT), passed unnormalised as the official code does.
+        min_exit_matches > 0 arms the exit guard: a confidence-based exit whose assignment
+        would keep fewer matches than this is refused and the stack continues (the budget's
+        deadline still applies), because the official early exit can collapse on hard pairs.
 
         `hook.before_layer` may stop the stack before any layer after the first; the exit then
         takes the previous layer's assignment, with reason EXIT_BUDGET.
@@ -328,6 +333,7 @@ class LightGlue(nn.Module):
         index1 = torch.arange(n, device=device)
         layer_points: list[tuple[int, int]] = []
         reason = EXIT_FULL_DEPTH
+        guard_fired = False
         layer = 0
         for layer in range(n_layers):
             if hook is not None and not hook.before_layer(layer, desc0.shape[1], desc1.shape[1]) \
@@ -347,8 +353,11 @@ class LightGlue(nn.Module):
                 # Pruned points count as confident: the ratio is over all original points.
                 unconfident = (confidence0 < threshold).sum() + (confidence1 < threshold).sum()
                 if 1.0 - unconfident.item() / (m + n) > depth_confidence:
-                    reason = EXIT_CONFIDENCE
-                    break
+                    if not (min_exit_matches > 0 and self._exit_matches(layer, desc0, desc1)
+                            < min_exit_matches):
+                        reason = EXIT_CONFIDENCE
+                        break
+                    guard_fired = True
             if do_prune:
                 if desc0.shape[1] > prune_min:
                     keep0 = self._keep_mask(layer, desc0, confidence0, width_confidence)
@@ -374,7 +383,12 @@ class LightGlue(nn.Module):
         valid = matches0[0] > -1
         matches = torch.stack([index0[valid], index1[matches0[0][valid]]], -1)
         return MatchOutput(matches, mscores0[0][valid], layer + 1, reason, n_layers,
-                           kept0, kept1, layer_points)
+                           kept0, kept1, layer_points, guard_fired)
+
+    def _exit_matches(self, layer: int, desc0: torch.Tensor, desc1: torch.Tensor) -> int:
+        """How many matches an exit after `layer` would return."""
+        scores = self.log_assignment[layer](desc0, desc1)
+        return int((filter_matches(scores, self.conf["filter_threshold"])[0] > -1).sum())
 
     def _keep_mask(self, layer: int, desc: torch.Tensor, confidence: torch.Tensor | None,
                    width_confidence: float) -> torch.Tensor:

@@ -32,7 +32,7 @@ def _typed(values: np.ndarray, typecode: str) -> array.array:
 
 
 # numpy element type of the per-match arrays (messages.ARRAY_FIELDS) -> array.array typecode
-_TYPECODES = {"<f4": "f", "<u4": "I", "<u8": "Q"}
+_TYPECODES = {"<f4": "f", "<u4": "I", "<u8": "Q", "|u1": "B"}
 
 
 def fields_to_msg(fields: dict) -> Correspondences:

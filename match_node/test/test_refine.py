@@ -1,0 +1,99 @@
+"""Sub-pixel refinement against exact ground truth: a real photograph under a known homography."""
+import cv2
+import numpy as np
+import pytest
+
+from match_node.refine import refine_lk, refine_patch, to_gray
+from match_node.sequence import load_photo, reprojection_errors
+
+from conftest import warp
+
+# Rotation of 10 degrees, scale 1.05 and some perspective about the centre of a 480x320 crop.
+ANGLE, SCALE = np.deg2rad(10.0), 1.05
+_ROTATE = np.array([[SCALE * np.cos(ANGLE), -SCALE * np.sin(ANGLE), 0],
+                    [SCALE * np.sin(ANGLE), SCALE * np.cos(ANGLE), 0], [5e-5, -3e-5, 1]])
+_CENTRE = np.array([[1, 0, -240], [0, 1, -160], [0, 0, 1]], float)
+HOMOGRAPHY = np.linalg.inv(_CENTRE) @ _ROTATE @ _CENTRE
+
+
+@pytest.fixture(scope="module")
+def scene():
+    photo = np.ascontiguousarray(load_photo("astronaut")[:320, :480])
+    warped = warp(photo, HOMOGRAPHY)
+    gray0 = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    corners = cv2.goodFeaturesToTrack(gray0, 400, 0.01, 8, blockSize=5)[:, 0]
+    inside = np.all((corners > 20) & (corners < [460, 300]), axis=1)
+    keypoints0 = corners[inside].astype(np.float32)
+    truth = cv2.perspectiveTransform(keypoints0[None].astype(np.float64), HOMOGRAPHY)[0]
+    rng = np.random.default_rng(0)
+    noisy = (truth + rng.uniform(-1.2, 1.2, truth.shape)).astype(np.float32)  # detector noise
+    return to_gray(photo), to_gray(warped), keypoints0, noisy
+
+
+def test_patch_refinement_recovers_sub_pixel_positions(scene):
+    gray0, gray1, keypoints0, noisy = scene
+    before = reprojection_errors(HOMOGRAPHY, keypoints0, noisy)
+    refined_points, refined = refine_patch(gray0, gray1, keypoints0, noisy)
+    after = reprojection_errors(HOMOGRAPHY, keypoints0, refined_points)
+    # Measured: 96% refined, median error 0.93 px -> 0.02 px.
+    assert len(keypoints0) > 150 and refined.mean() > 0.85
+    assert np.median(before) > 0.6 and np.median(after[refined]) < 0.08
+    assert np.percentile(after[refined], 90) < 0.25
+    # What was not refined did not move.
+    assert np.array_equal(refined_points[~refined], noisy[~refined])
+
+
+def test_lk_is_the_cheaper_translation_only_method(scene):
+    gray0, gray1, keypoints0, noisy = scene
+    lk_points, lk_refined = refine_lk(gray0, gray1, keypoints0, noisy)
+    patch_points, _ = refine_patch(gray0, gray1, keypoints0, noisy)
+    lk_error = reprojection_errors(HOMOGRAPHY, keypoints0, lk_points)[lk_refined]
+    patch_error = reprojection_errors(HOMOGRAPHY, keypoints0, patch_points)[lk_refined]
+    # Measured: from a median of 0.93 px, LK reaches 0.46 px under the 10 degree rotation
+    # (its window is not rotated), the affine-aware patch 0.02 px on the same matches.
+    assert lk_refined.mean() > 0.5 and np.median(lk_error) < 0.6
+    assert np.median(patch_error) < np.median(lk_error)
+
+
+def test_never_moves_more_than_the_limit_and_flat_patches_stay(scene):
+    gray0, gray1, keypoints0, noisy = scene
+    rng = np.random.default_rng(1)
+    wrong = rng.uniform([20, 20], [460, 300], noisy.shape).astype(np.float32)  # outliers
+    moved, refined = refine_patch(gray0, gray1, keypoints0, wrong, max_shift=2.0)
+    assert np.all(np.linalg.norm(moved - wrong, axis=1) < 2.0)
+    assert refined.mean() < 0.3  # most outliers find no aligned patch within 2 px
+    blank = np.full_like(gray0, 0.5)
+    still, refined = refine_patch(blank, blank, keypoints0, noisy)
+    assert not refined.any() and np.array_equal(still, noisy)
+    empty, flags = refine_patch(gray0, gray1, np.zeros((0, 2)), np.zeros((0, 2)))
+    assert empty.shape == (0, 2) and flags.shape == (0,)
+
+
+def test_stream_reports_one_position_per_keypoint():
+    """A keypoint refined as the current frame's is reported at that same position when its
+    frame is the next pair's reference, so multi-frame tracks see one position per frame."""
+    from match_node import Pipeline, SequentialMatcher
+    from match_node.sequence import make_sequence
+    sequence = make_sequence("coffee", num_frames=3, size=(320, 240), step=4)
+    stream = SequentialMatcher(Pipeline(device="cpu", max_keypoints=300, allow_download=False))
+    results = [stream.push(frame, t).result for t, frame in enumerate(sequence.frames)][1:]
+    first, second = results
+    assert first.refined.mean() > 0.5 and first.timings["refine_ms"] > 0
+    current = {i: p for i, p in zip(first.indices1.tolist(), first.keypoints1)}
+    shared = [(current[i], p) for i, p in zip(second.indices0.tolist(), second.keypoints0)
+              if i in current]
+    assert len(shared) > 50 and all(np.array_equal(a, b) for a, b in shared)
+    for t, result in enumerate(results, start=1):
+        errors = reprojection_errors(sequence.relative(t - 1, t), result.keypoints0,
+                                     result.keypoints1)
+        assert np.median(errors) < 0.15 and (errors < 3).mean() > 0.95
+
+
+def test_budget_skips_refinement_when_time_is_short():
+    from match_node import Pipeline
+    pipeline = Pipeline(device="cpu", max_keypoints=128, allow_download=False)
+    pipeline._refine_ms_per_match = 1.0  # as if measured: 1 ms per match
+    assert pipeline.refine_fits(1000, pipeline.budget.clock())  # no budget: always
+    pipeline.budget.configure(50.0, 95.0, 64, 128, 320, 1024, 3)
+    now = pipeline.budget.clock()
+    assert pipeline.refine_fits(10, now) and not pipeline.refine_fits(100, now)
