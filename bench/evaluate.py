@@ -218,6 +218,10 @@ def method_table(args: argparse.Namespace) -> list[Method]:
     loftr = {"loftr_weights": args.loftr_weights, "loftr_model": args.loftr_model}
     return [
         Method("ALIKED+LightGlue (ours)", lambda: ours(base)),
+        Method("ALIKED+LightGlue refine none, guard off (ours)",
+               lambda: ours({**base, "refine": "none", "exit_guard": 0.0})),
+        Method("ALIKED+LightGlue full depth (ours)",
+               lambda: ours({**base, "depth_confidence": -1.0})),
         Method("ALIKED+LightGlue (official)", lambda: official_matcher("aliked", args.device)),
         Method("DISK+LightGlue (ours)", lambda: ours(base, extractor="disk")),
         Method("DISK+LightGlue (official)", lambda: official_matcher("disk", args.device)),
@@ -348,6 +352,7 @@ def main() -> None:
         lines.append(f"| {r['method']} | {r['set']} | {r['pairs']} | {r['matches']:.0f} | "
                      f"{r['precision']:.3f} | {r['auc@1px']:.3f} | {r['auc@3px']:.3f} | "
                      f"{r['auc@5px']:.3f} | {r['median_ms']:.0f} |")
+    lines += collapse_check(per_pair)
     stereo = stereo_rows(methods)
     brief = ("ALIKED+LightGlue (ours)", "ALIKED+LightGlue (official)")
     lines += ["", "Stereo: Middlebury 2014 Motorcycle (skimage, 741x500), left to right, against "
@@ -362,7 +367,8 @@ def main() -> None:
                      f"| {r['within_1px']:.3f} | {r['within_2px']:.3f} |")
     elapsed = time.perf_counter() - started
     (output / "evaluation.md").write_text("\n".join(lines) + "\n")
-    settings = {"device": args.device, "refine": args.refine, "threads": args.threads, "cpu_count": os.cpu_count(),
+    settings = {"device": args.device, "refine": args.refine, "threads": args.threads,
+                "cpu_count": os.cpu_count(),
                 "photos": list(photos), "ratio": RATIO, "opencv_keypoints": OPENCV_KEYPOINTS,
                 "torch": torch.__version__, "opencv": cv2.__version__,
                 "skipped": [m.name for m in skipped], "seconds": elapsed}
@@ -371,6 +377,20 @@ def main() -> None:
                                                        indent=1))
     print("\n".join(lines))
     print(f"[evaluate] {elapsed:.0f} s", flush=True)
+
+
+def collapse_check(per_pair: list[dict], ours: str = "ALIKED+LightGlue (ours)",
+                   full: str = "ALIKED+LightGlue full depth (ours)", least: int = 50) -> list[str]:
+    """Pairs where full-depth LightGlue keeps at least `least` correct matches and ours (early
+    exit with the guard) keeps fewer: the early exit collapsed there."""
+    correct = {(p["method"], p["pair"]): p["correct"] for p in per_pair}
+    pairs_full = [k[1] for k in correct if k[0] == full and correct[k] >= least]
+    if not pairs_full or not any(k[0] == ours for k in correct):
+        return []
+    collapsed = [p for p in pairs_full if correct.get((ours, p), 0) < least]
+    return ["", f"Early-exit check: {len(pairs_full)} pairs where full depth keeps >= {least} "
+            f"correct matches; {ours} keeps fewer on {len(collapsed)}"
+            + (f" ({', '.join(collapsed)})" if collapsed else "") + "."]
 
 
 def stereo_rows(methods: dict[str, MatchFn]) -> list[dict]:
