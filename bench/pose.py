@@ -275,8 +275,7 @@ def main() -> None:
                 "opencv": cv2.__version__, "seconds": elapsed,
                 "steps_cm": steps_cm, "rotations_deg": turns_deg}
     (output / "pose.json").write_text(json.dumps(
-        {"settings": settings, "rows": rows, "pairs": per_pair}, indent=1,
-        default=lambda v: None))
+        {"settings": settings, "rows": rows, "pairs": per_pair}, indent=1))
     print("\n".join(lines))
     print(f"[pose] {elapsed:.0f} s", flush=True)
 
