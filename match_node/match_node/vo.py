@@ -172,7 +172,7 @@ def _refine(n_ref: np.ndarray, n_cur: np.ndarray, R: np.ndarray, t: np.ndarray,
 
 def relative_pose(ref_xy: np.ndarray, cur_xy: np.ndarray, K: np.ndarray,
                   dist: np.ndarray | None = None, threshold_px: float = 1.0,
-                  prob: float = 0.9999, min_inliers: int = MIN_INLIERS,
+                  prob: float = 0.99999, min_inliers: int = MIN_INLIERS,
                   min_parallax_deg: float | None = None, min_vote_fraction: float = 0.25,
                   ambiguity_ratio: float = 0.5) -> PoseEstimate:
     """Relative pose of the current view with respect to the reference view from matched
@@ -229,9 +229,12 @@ def relative_pose(ref_xy: np.ndarray, cur_xy: np.ndarray, K: np.ndarray,
         min_parallax_deg = 2.0 * np.degrees(threshold)
 
     try:
+        # At VO baselines a small rotation looks like a sideways translation: with OpenCV's
+        # default 1000 iterations USAC_ACCURATE returned a degenerate model (R ~ I, wrong t,
+        # 96% inliers) on a real pair of bench/pose.py; more iterations found the true one.
         E, mask = cv2.findEssentialMat(n_ref, n_cur, cameraMatrix=np.eye(3),
                                        method=_ESSENTIAL_METHOD, prob=prob,
-                                       threshold=threshold)
+                                       threshold=threshold, maxIters=10000)
     except cv2.error as error:
         return _failed(n, f"essential matrix estimation failed: {error.err}")
     if E is None or mask is None or E.shape[0] < 3 or E.shape[0] % 3:
