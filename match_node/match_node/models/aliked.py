@@ -18,6 +18,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from .nms import simple_nms
+
 # Channel widths c1..c4, descriptor dim, SDDH kernel size and number of sample positions.
 VARIANTS: dict[str, tuple[int, int, int, int, int, int, int]] = {
     "aliked-t16": (8, 16, 32, 64, 64, 3, 16),
@@ -191,24 +193,6 @@ class FeatureSource:
         return result
 
 
-def _nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
-    """Keep local maxima within `radius`, with two rounds of suppression-aware re-detection."""
-    def max_pool(x: torch.Tensor) -> torch.Tensor:
-        # A square max filter is separable: rows then columns gives the same maxima at
-        # 2k instead of k^2 comparisons per pixel.
-        k = 2 * radius + 1
-        x = F.max_pool2d(x, kernel_size=(1, k), stride=1, padding=(0, radius))
-        return F.max_pool2d(x, kernel_size=(k, 1), stride=1, padding=(radius, 0))
-
-    zeros = torch.zeros_like(scores)
-    is_max = scores == max_pool(scores)
-    for _ in range(2):
-        suppressed = max_pool(is_max.float()) > 0
-        remaining = torch.where(suppressed, zeros, scores)
-        is_max = is_max | ((remaining == max_pool(remaining)) & ~suppressed)
-    return torch.where(is_max, scores, zeros)
-
-
 class ALIKED(nn.Module):
     default_conf: dict[str, Any] = {
         "model_name": "aliked-n16",
@@ -308,7 +292,7 @@ class ALIKED(nn.Module):
         """Keypoints (pixels, Nx2 as x, y) and their scores per image from a score map."""
         b, _, h, w = scores.shape
         radius = self.conf["nms_radius"]
-        peaks = _nms(scores, radius)
+        peaks = simple_nms(scores, radius)
         # Keypoints need a full soft-argmax window inside the image.
         peaks[..., :radius, :] = 0
         peaks[..., :, :radius] = 0
