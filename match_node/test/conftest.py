@@ -48,6 +48,18 @@ def loftr_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of small tensors: on the shared, loaded 2-core machine a
+    second thread mostly waits for the first (measured: SuperGlue 0.4 s vs 3-4 s per
+    assignment, the SuperPoint file 20 s vs 42 s)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def ros():
     """rclpy initialised for a test module that runs real nodes (see rosutil for isolation)."""
     import rosutil  # noqa: F401  (sets ROS_DOMAIN_ID before rclpy creates its context)

@@ -85,14 +85,8 @@ def official_state(seed: int = 0, num_batches_tracked: bool = True) -> dict[str,
     return state
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small matrices: a second thread only adds synchronisation, which costs ~10x on a
-    shared, loaded 2-core machine (measured: 0.4 s vs 3-4 s per assignment)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: see conftest.one_torch_thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

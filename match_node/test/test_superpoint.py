@@ -50,14 +50,8 @@ def official_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on the shared, loaded 2-core machine a second thread mostly waits for
-    the first (measured here: the whole file 42 s with two threads, 20 s with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: see conftest.one_torch_thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
