@@ -2,6 +2,7 @@
 
     python -m match_node.make_bag OUT --kind mono|stereo|mono3d [--frames N] [--storage sqlite3|mcap]
                                   [--size 320x240] [--photo coffee] [--rate 10] [--compressed png|jpeg]
+                                  [--step PX] [--step-m M] [--log-delay-ms MS] [--seed N]
 
 No ROS needed (rosbags writes the bag). Topics written:
 
@@ -31,8 +32,13 @@ left camera alone on the mono topics) renders the 3D scene of match_node.scene (
 Middlebury stereo photograph with measured depth) along a 6-DoF path, with its true K, poses
 and baseline; `render_scene` is the one adapter to that renderer.
 
-Each image is stamped at `start + i / rate` and recorded (log time) `--log-delay-ms` later, as
-if received over a network; camera infos and ground truth share their image's log time.
+Motion per frame: `--step` pixels for mono (default 6), `--step-m` metres for stereo and mono3d
+(default 0.06: the project's VO test uses 6 cm; the renderer's own 2-3 cm leave too little
+parallax at 320x240 for a reliable monocular direction).
+
+Each image is stamped at `start + i / rate` and recorded (log time) `--log-delay-ms` later
+(default 5 ms), as if received over a network; camera infos and ground truth share their
+image's log time.
 
 From Python, `write_sequence_bag` takes any frames (a renderer's, a camera's) and writes the
 same layout.
@@ -208,17 +214,23 @@ def stamps(num_frames: int, rate_hz: float, start_ns: int = START_NS) -> list[in
 
 def mono_bag(path: str | Path, num_frames: int = 10, size: tuple[int, int] = (320, 240),
              photo: str = "coffee", step: float = 6.0, rate_hz: float = 10.0,
-             storage: str = "sqlite3", seed: int = 0, compressed: str | None = None) -> Path:
+             storage: str = "sqlite3", seed: int = 0, compressed: str | None = None,
+             log_delay_ns: int = 5_000_000) -> Path:
     """A planar real-image sequence (sequence.make_sequence) with its homographies."""
     from .sequence import make_sequence
 
     sequence = make_sequence(photo, num_frames=num_frames, size=size, step=step, seed=seed)
     return write_sequence_bag(path, sequence.frames, stamps(num_frames, rate_hz),
                               nominal_K(*size), homographies=sequence.homographies,
-                              storage=storage, compressed=compressed)
+                              storage=storage, compressed=compressed,
+                              log_delay_ns=log_delay_ns)
 
 
-def render_scene(kind: str, num_frames: int, size: tuple[int, int], seed: int) -> dict:
+DEFAULT_STEP_M = 0.06
+
+
+def render_scene(kind: str, num_frames: int, size: tuple[int, int], seed: int,
+                 step_m: float = DEFAULT_STEP_M) -> dict:
     """Frames of the 3D renderer (match_node.scene) as write_sequence_bag's keyword arguments:
     frames, K, poses (world-to-camera) and, for stereo, right_frames and baseline.
 
@@ -228,7 +240,7 @@ def render_scene(kind: str, num_frames: int, size: tuple[int, int], seed: int) -
     try:
         from . import scene as renderer
         world = renderer.load_motorcycle()
-        poses = renderer.trajectory(num_frames, seed=seed)
+        poses = renderer.trajectory(num_frames, seed=seed, step_m=step_m)
         K = renderer.scale_intrinsics(world.K, world.size, size)
         if kind == "stereo":
             baseline = float(world.baseline_m)
@@ -267,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=parse_size, default=(320, 240), help="WIDTHxHEIGHT")
     parser.add_argument("--photo", default="coffee", help="scikit-image photograph (mono)")
     parser.add_argument("--step", type=float, default=6.0, help="motion per frame in pixels (mono)")
+    parser.add_argument("--step-m", type=float, default=DEFAULT_STEP_M, metavar="M",
+                        help="camera motion per frame in metres (stereo, mono3d; default "
+                             f"{DEFAULT_STEP_M:g})")
+    parser.add_argument("--log-delay-ms", type=float, default=5.0, metavar="MS",
+                        help="log (receive) time after each image's stamp (default 5)")
     parser.add_argument("--rate", type=float, default=10.0, help="frame rate in Hz")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compressed", choices=("png", "jpeg"),
@@ -279,17 +296,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < 1 or args.rate <= 0:
         print("error: --frames must be >= 1 and --rate > 0", file=sys.stderr)
         return 2
+    if args.step <= 0 or args.step_m <= 0 or args.log_delay_ms < 0:
+        print("error: --step and --step-m must be > 0, --log-delay-ms >= 0", file=sys.stderr)
+        return 2
+    log_delay_ns = int(round(args.log_delay_ms * 1e6))
     if Path(args.out).exists():
         print(f"error: {args.out} exists already", file=sys.stderr)
         return 2
     if args.kind == "mono":
         path = mono_bag(args.out, args.frames, args.size, args.photo, args.step, args.rate,
-                        args.storage, args.seed, args.compressed)
+                        args.storage, args.seed, args.compressed, log_delay_ns=log_delay_ns)
     else:
         scene = render_scene("stereo" if args.kind == "stereo" else "mono", args.frames,
-                             args.size, args.seed)
+                             args.size, args.seed, args.step_m)
         path = write_sequence_bag(args.out, stamps_ns=stamps(args.frames, args.rate),
-                                  storage=args.storage, compressed=args.compressed, **scene)
+                                  storage=args.storage, compressed=args.compressed,
+                                  log_delay_ns=log_delay_ns, **scene)
     for topic, info in sorted(bags.topics(path).items()):
         print(f"{topic:32s} {info.count:4d}  {info.msgtype}")
     print(f"wrote {path} ({args.storage})")

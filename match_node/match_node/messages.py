@@ -119,3 +119,19 @@ def correspondence_fields(result: MatchResult, header_stamp_ns: int, frame_id: s
         "dropped_frames": int(dropped_frames),
         "tracks_reset": bool(tracks_reset),
     }
+
+
+def msg_arrays(msg: Any) -> dict[str, np.ndarray]:
+    """The per-match arrays of a Correspondences message (rclpy's or rosbags') as numpy
+    arrays, for consumers: reference_xy and current_xy (N x 2 float32), confidence,
+    reference_index, current_index (int64) and track_id (uint64)."""
+    return {
+        "reference_xy": np.stack([np.asarray(msg.reference_x, np.float32),
+                                  np.asarray(msg.reference_y, np.float32)], -1),
+        "current_xy": np.stack([np.asarray(msg.current_x, np.float32),
+                                np.asarray(msg.current_y, np.float32)], -1),
+        "confidence": np.asarray(msg.confidence, np.float32),
+        "reference_index": np.asarray(msg.reference_index, np.int64),
+        "current_index": np.asarray(msg.current_index, np.int64),
+        "track_id": np.asarray(msg.track_id, np.uint64),
+    }

@@ -267,3 +267,53 @@ def test_new_core_modules_import_without_ros():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_make_bag_help_names_only_options_it_has():
+    """The help (usage, options and the module docstring it shows) mentions no option that
+    the parser lacks (it once documented a nonexistent --log-delay-ms)."""
+    import re
+    parser = make_bag.build_parser()
+    options = {o for action in parser._actions for o in action.option_strings}
+    mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", parser.format_help()))
+    assert mentioned and mentioned <= options, mentioned - options
+    assert {"--step", "--step-m", "--log-delay-ms"} <= mentioned
+
+
+def _centres(path) -> np.ndarray:
+    """Camera centres (world frame) of a bag's /ground_truth/pose."""
+    return np.array([np.linalg.inv(make_bag.pose_from_message(bags.deserialize(m)))[:3, 3]
+                     for m in bags.messages(path, [make_bag.GROUND_TRUTH_POSE])])
+
+
+def test_make_bag_step_length_and_log_delay(tmp_path, capsys):
+    """--step-m sets the 3D camera motion per frame (default 6 cm, the VO test's step; the
+    renderer's own 2-3 cm are too short for monocular VO at 320x240); --log-delay-ms the
+    receive delay of each message."""
+    common = ["--kind", "mono3d", "--frames", "4", "--size", "64x48"]
+    assert make_bag.main([str(tmp_path / "default"), *common]) == 0
+    assert make_bag.main([str(tmp_path / "short"), *common, "--step-m", "0.03",
+                          "--log-delay-ms", "20"]) == 0
+    default, short = _centres(tmp_path / "default"), _centres(tmp_path / "short")
+    # Same path shape, scaled: positions are proportional to the step.
+    np.testing.assert_allclose(default, 2.0 * short, atol=1e-9)
+    steps = np.linalg.norm(np.diff(default, axis=0), axis=1)
+    assert make_bag.DEFAULT_STEP_M == 0.06 and 0.04 < steps.max() < 0.08  # "about" 6 cm
+    for path, delay_ns in ((tmp_path / "default", 5_000_000), (tmp_path / "short", 20_000_000)):
+        for image in bags.read_images(path, decode=False):
+            assert image.log_time_ns - image.stamp_ns == delay_ns
+    # Mono (planar): --step in pixels moves the frames further.
+    assert make_bag.main([str(tmp_path / "m6"), "--frames", "3", "--size", "64x48"]) == 0
+    assert make_bag.main([str(tmp_path / "m18"), "--frames", "3", "--size", "64x48",
+                          "--step", "18"]) == 0
+
+    def motion(path) -> float:
+        H = bags.read_homographies(path)
+        a, b = (H[k] for k in sorted(H)[:2])
+        corners = np.array([[0, 0, 1], [63, 0, 1], [0, 47, 1], [63, 47, 1]], float).T
+        moved = (b @ np.linalg.inv(a)) @ corners
+        return float(np.abs(moved[:2] / moved[2] - corners[:2]).max())
+    assert motion(tmp_path / "m18") > 2.0 * motion(tmp_path / "m6")
+    for bad in (["--step-m", "0"], ["--step", "-1"], ["--log-delay-ms", "-5"]):
+        assert make_bag.main([str(tmp_path / "bad"), *bad]) == 2
+    assert "must be > 0" in capsys.readouterr().err

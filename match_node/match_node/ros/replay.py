@@ -2,7 +2,7 @@
 
     python -m match_node.ros.replay BAG [--topics T ...] [--rate 1.0 | --as-fast-as-consumed]
         [--wait-topic /ns/correspondences] [--timeout 30] [--clock] [--loop]
-        [--wait-subscribers SECONDS]
+        [--wait-subscribers SECONDS] [--wait-for-subscriber TOPIC ...]
 
 A thin convenience over `ros2 bag play` that also works where ros2cli and rosbag2 are not
 installed (it reads the bag with rosbags, sqlite3 or MCAP). It publishes the bag's Image,
@@ -13,26 +13,44 @@ everything else reliable.
 
 Timing:
   --rate R                 (default 1.0) the recorded receive times (bag log times), scaled
-                           by R: 2.0 plays twice as fast.
+                           by R: 2.0 plays twice as fast. The clock starts with the first
+                           message, after the start conditions below. With --wait-topic, the
+                           end of a pass waits (up to --timeout) for the node's message for
+                           the last frame, and `acked` counts the frames that got one (a node
+                           slower than the bag skips frames).
   --as-fast-as-consumed    flow control instead of a clock: the next frame (image stamp) is
                            published only after a message stamped like the previous frame
-                           arrived on `--wait-topic` (default: <camera namespace>/correspondences
-                           of the first image topic), so a node with a one-frame buffer drops
-                           nothing and processes every frame. The first frame of each pass has
-                           no reference and so gives no message: the next frame follows after
-                           `--first-frame-wait` seconds (or its ack, if one comes). A frame
-                           whose ack does not come within `--timeout` is reported and the replay
-                           goes on (exit status 3 at the end).
+                           arrived on `--wait-topic`, so a node with a one-frame buffer drops
+                           nothing and processes every frame. The default wait topic is
+                           <camera namespace>/correspondences of the first image topic, and for
+                           a stereo bag (.../left/... and .../right/... images) the stereo
+                           node's <namespace>/correspondences/stereo. A mono node gives no
+                           message for the first frame of a pass (nothing to match it to): the
+                           next frame follows after `--first-frame-wait` seconds (or its ack,
+                           if one comes). The stereo output (a wait topic ending in
+                           /correspondences/stereo) acks every pair, the first too, which is
+                           then awaited like any other. A frame whose ack does not come within
+                           `--timeout` is reported and the replay goes on (exit status 3).
+Start:
+  In every mode, nothing is published (and the clock does not start) until every image topic
+  has a subscriber (a match_node subscribes only once its models are loaded), the wait topic
+  a publisher (with flow control, or when --wait-topic is given) and each
+  --wait-for-subscriber topic a subscriber other than this tool: up to --wait-subscribers
+  seconds (default 30; 0 = start at once). If they do not come, the replay names what is
+  missing and exits with status 4 without publishing.
 Options:
   --clock                  also publish /clock (rosgraph_msgs/Clock) from the bag's log time,
                            before each message and at --clock-hz while waiting (use_sim_time).
   --loop                   play again from the start until interrupted (stamps then go back:
                            the node restarts tracking, see on_stamp_backwards).
-  --wait-subscribers S     before starting, wait up to S seconds until every image topic has
-                           a subscriber (and, with flow control, the wait topic a publisher).
 
-Ends with a line `[replay] done: {json}` (frames, messages, elapsed and bag duration in
-seconds, acknowledged frames, timeouts).
+Ends with a line `[replay] done: {json}` (frames, messages, acknowledged frames, timeouts,
+passes, whether it was interrupted, and the bag's duration and the wall time taken, in
+seconds). Ctrl-C or SIGTERM, at any moment, stops it within a fraction of a second with that
+line and exit status 0; a second Ctrl-C changes nothing.
+
+Exit status: 0 done or interrupted, 2 bad arguments or unreadable bag, 3 some frames were not
+acknowledged in time, 4 the subscribers did not come within --wait-subscribers.
 """
 from __future__ import annotations
 
@@ -47,11 +65,57 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from .. import bags
 
 DEFAULT_WAIT_TYPE = bags.CORRESPONDENCES
+EXIT_TIMEOUTS = 3
+EXIT_NOT_READY = 4
+POLL_S = 0.05  # granularity of every wait: how soon a stop request is seen
+
+
+class Stop:
+    """A stop request (Ctrl-C, SIGTERM). The signal handler only sets a flag: no exception is
+    raised into whatever the main thread is doing, and a second signal changes nothing. Every
+    wait of the replay polls it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            self.signal_name = signal.Signals(signum).name
+        self.requested = True
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self.handler)
+
+    def uninstall(self, exiting: bool) -> None:
+        """Put the previous handlers back; when the process is `exiting`, ignore SIGINT
+        instead: the interpreter resets Python-level handlers to the default while it
+        finalises, and a late Ctrl-C (the second of two) would then kill the process with
+        exit -2 after it had ended cleanly."""
+        for signum, previous in self._previous.items():
+            signal.signal(signum, signal.SIG_IGN if exiting and signum == signal.SIGINT
+                          else previous)
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; False (early) when a stop was requested."""
+        deadline = time.monotonic() + seconds
+        while not self.requested:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            time.sleep(min(POLL_S, remaining))
+        return False
+
+
+class Interrupted(Exception):
+    """Raised by the replay's own waits (never by a signal handler) when a stop was requested."""
 
 
 def header_stamp_ns(data: bytes) -> int:
@@ -73,6 +137,81 @@ def message_class(msgtype: str) -> Any:
         raise SystemExit(f"error: message type {msgtype} is not installed ({error})") from None
 
 
+def stereo_namespace(image_topics: Iterable[str]) -> str | None:
+    """The rig namespace of a stereo pair of image topics (`/rig/left/image_raw` and
+    `/rig/right/image_raw`, or their /compressed) -> '/rig'; None when they are not a pair."""
+    cameras = sorted({t[: -len("/compressed")] if t.endswith("/compressed") else t
+                      for t in image_topics})
+    if len(cameras) != 2:
+        return None
+    sides = []
+    for camera in cameras:
+        parts = camera.rstrip("/").split("/")
+        if len(parts) < 3 or parts[-2] not in ("left", "right"):
+            return None
+        sides.append(("/".join(parts[:-2]), parts[-2], parts[-1]))
+    (ns_a, side_a, name_a), (ns_b, side_b, name_b) = sides
+    if ns_a != ns_b or name_a != name_b or {side_a, side_b} != {"left", "right"}:
+        return None
+    return ns_a
+
+
+def default_wait_topic(image_topics: Iterable[str]) -> str:
+    """Flow control topic when none is given: the stereo node's `<rig>/correspondences/stereo`
+    for a left/right pair (one message per pair), else the mono node's
+    `<camera namespace>/correspondences` of the first image topic."""
+    topics = sorted(image_topics)
+    rig = stereo_namespace(topics)
+    if rig is not None:
+        return f"{rig}/correspondences/stereo"
+    return bags.correspondences_topic_for(topics[0])
+
+
+def first_frame_acked(wait_topic: str) -> bool:
+    """Whether the first frame of a pass gives a message on `wait_topic`: the stereo node's
+    stereo output does (each pair is matched on its own), a temporal output does not."""
+    return wait_topic.rstrip("/").endswith("/correspondences/stereo")
+
+
+def not_ready(image_subscribers: dict[str, int], wait_topic: str | None,
+              wait_publishers: int, other_subscribers: dict[str, int]) -> list[str]:
+    """What the replay still waits for before it starts, in words (empty: ready).
+
+    image_subscribers: matched subscriptions of each image publisher; wait_topic and
+    wait_publishers: the flow control / readiness topic (None: not waited for) and its
+    publishers; other_subscribers: subscriptions, not counting this tool's own, of each
+    --wait-for-subscriber topic.
+    """
+    out = [f"a subscriber on {t}" for t, n in sorted(image_subscribers.items()) if n <= 0]
+    if wait_topic and wait_publishers <= 0:
+        out.append(f"a publisher of {wait_topic}")
+    out += [f"a subscriber on {t}" for t, n in sorted(other_subscribers.items())
+            if n <= 0 and t not in image_subscribers]
+    return out
+
+
+def wait_until_ready(missing: Callable[[], list[str]], seconds: float, stop: Stop,
+                     log: Callable[[str], None], settle_s: float = 0.5) -> list[str]:
+    """Poll `missing()` until it is empty, at most `seconds`; returns what is still missing
+    (empty: ready). Raises Interrupted on a stop request. After success, waits `settle_s`:
+    discovery is asymmetric, the subscriber may not have matched this publisher yet, and
+    best-effort samples sent in between are lost."""
+    deadline = time.monotonic() + seconds
+    first = missing()
+    if first:
+        log(f"waiting up to {seconds:g} s for {', '.join(first)}")
+    now = first
+    while now:
+        if time.monotonic() >= deadline:
+            return now
+        if not stop.sleep(POLL_S):
+            raise Interrupted
+        now = missing()
+    if first and not stop.sleep(settle_s):
+        raise Interrupted
+    return []
+
+
 @dataclass
 class Acks:
     """Stamps seen on the wait topic, for flow control."""
@@ -92,14 +231,17 @@ class Acks:
         with self.condition:
             self.stamps.clear()
 
-    def wait(self, stamp: int, timeout: float) -> bool:
+    def wait(self, stamp: int, timeout: float, stop: Stop | None = None) -> bool:
+        """True when `stamp` arrived within `timeout`; Interrupted on a stop request."""
         deadline = time.monotonic() + timeout
         with self.condition:
             while stamp not in self.stamps:
+                if stop is not None and stop.requested:
+                    raise Interrupted
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self.condition.wait(remaining)
+                self.condition.wait(min(remaining, POLL_S))
             return True
 
 
@@ -115,17 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--rate", type=float, default=1.0, help="speed factor of the recorded timing")
     timing.add_argument("--as-fast-as-consumed", action="store_true",
                         help="publish each frame after the previous one's message arrived")
-    parser.add_argument("--wait-topic", help="flow control topic (default: "
-                        "<namespace of the first image topic>/correspondences)")
+    parser.add_argument("--wait-topic", help="flow control topic (default: the stereo node's "
+                        "<rig>/correspondences/stereo for a left/right pair, else <namespace of "
+                        "the first image topic>/correspondences); with --rate, a topic whose "
+                        "publisher must exist before the replay starts")
     parser.add_argument("--wait-type", default=DEFAULT_WAIT_TYPE,
                         help="its message type (first field a std_msgs/Header)")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds to wait for a frame's message before going on")
     parser.add_argument("--first-frame-wait", type=float, default=1.0,
-                        help="seconds after the first frame of a pass (it gives no message)")
-    parser.add_argument("--wait-subscribers", type=float, metavar="SECONDS",
-                        help="wait up to this long for subscribers before starting "
-                             "(default: 30 with --as-fast-as-consumed, else 0)")
+                        help="seconds after the first frame of a pass when the wait topic gives "
+                             "no message for it (a mono node's output)")
+    parser.add_argument("--wait-subscribers", type=float, default=30.0, metavar="SECONDS",
+                        help="wait up to this long for the subscribers (and the wait topic's "
+                             "publisher) before starting, in every mode; 0 = start at once "
+                             "(default: 30)")
+    parser.add_argument("--wait-for-subscriber", nargs="+", action="extend", default=[],
+                        metavar="TOPIC", help="also wait for a subscriber (other than this "
+                        "tool) on these topics, e.g. a consumer of the node's output")
     parser.add_argument("--clock", action="store_true", help="publish /clock from the bag time")
     parser.add_argument("--clock-hz", type=float, default=40.0)
     parser.add_argument("--loop", action="store_true", help="play again until interrupted")
@@ -134,12 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Replay:
-    def __init__(self, args: argparse.Namespace) -> None:
-        from rclpy.executors import SingleThreadedExecutor
+    def __init__(self, args: argparse.Namespace, stop: Stop | None = None) -> None:
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
         self.args = args
+        self.stop = stop or Stop()
         available = bags.topics(args.bag)
         if args.topics:
             missing = [t for t in args.topics if t not in available]
@@ -155,6 +304,7 @@ class Replay:
         self.topics = chosen
         self.image_topics = {t for t in chosen if available[t].msgtype in bags.IMAGE_TYPES}
         self.bag_duration_s = 0.0
+        # The name may be remapped (a launch file's `name=`): see node.get_name().
         self.node = Node(f"match_node_replay_{os.getpid()}")
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.publishers = {
@@ -168,19 +318,25 @@ class Replay:
             self.clock_publisher = self.node.create_publisher(Clock, "/clock", reliable)
         self.acks = Acks()
         self.wait_topic = None
-        if args.as_fast_as_consumed:
-            if not self.image_topics:
-                raise SystemExit("error: --as-fast-as-consumed needs an image topic")
-            self.wait_topic = (args.wait_topic
-                               or bags.correspondences_topic_for(sorted(self.image_topics)[0]))
+        self.ack_subscription = None
+        if args.as_fast_as_consumed and not self.image_topics:
+            raise SystemExit("error: --as-fast-as-consumed needs an image topic")
+        if args.as_fast_as_consumed or args.wait_topic:
+            self.wait_topic = args.wait_topic or default_wait_topic(self.image_topics)
             self.ack_subscription = self.node.create_subscription(
                 message_class(args.wait_type), self.wait_topic, self.acks.add,
                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE), raw=True)
+        self.ack_first = bool(self.wait_topic) and first_frame_acked(self.wait_topic)
+        self.executor = None
+        self.spinner: threading.Thread | None = None
+        self.stats = {"frames": 0, "messages": 0, "acked": 0, "timeouts": 0, "passes": 0}
+
+    def start_spinning(self) -> None:
+        from rclpy.executors import SingleThreadedExecutor
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
-        self.spinner = threading.Thread(target=self._spin, daemon=True)
+        self.spinner = threading.Thread(target=self._spin, name="replay_spin", daemon=True)
         self.spinner.start()
-        self.stats = {"frames": 0, "messages": 0, "acked": 0, "timeouts": 0, "passes": 0}
 
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
@@ -193,28 +349,22 @@ class Replay:
         if not self.args.quiet:
             print(f"[replay] {text}", file=sys.stderr, flush=True)
 
-    def wait_for_subscribers(self, seconds: float) -> None:
-        """Wait until every image topic has a subscriber (and, with flow control, the wait
-        topic a publisher); camera_info and other topics are not waited for."""
-        deadline = time.monotonic() + seconds
-        waited = [self.publishers[t] for t in sorted(self.image_topics)] or \
-            list(self.publishers.values())
+    def _subscribers_but_me(self, topic: str) -> int:
+        me = (self.node.get_name(), self.node.get_namespace())
+        return sum(1 for info in self.node.get_subscriptions_info_by_topic(topic)
+                   if (info.node_name, info.node_namespace) != me)
 
-        def missing() -> list[str]:
-            out = [p.topic_name for p in waited if p.get_subscription_count() == 0]
-            if self.wait_topic and self.ack_subscription.get_publisher_count() == 0:
-                out.append(f"a publisher of {self.wait_topic}")
-            return out
-
-        while missing():
-            if time.monotonic() > deadline:
-                self.log(f"warning: still waiting for {', '.join(missing())} after "
-                         f"{seconds:g} s; starting anyway")
-                return
-            time.sleep(0.05)
-        # Discovery is asymmetric: the subscriber may not have matched us yet (best-effort
-        # samples sent in between are lost); a short pause covers it.
-        time.sleep(0.5)
+    def missing(self) -> list[str]:
+        """What is not there yet for the start (see not_ready)."""
+        waited = sorted(self.image_topics) or sorted(self.publishers)
+        image_subscribers = {t: self.publishers[t].get_subscription_count() for t in waited}
+        wait_publishers = (self.ack_subscription.get_publisher_count()
+                           if self.ack_subscription is not None else 0)
+        others = {}
+        for topic in self.args.wait_for_subscriber:
+            resolved = self.node.resolve_topic_name(topic)
+            others[resolved] = self._subscribers_but_me(resolved)
+        return not_ready(image_subscribers, self.wait_topic, wait_publishers, others)
 
     def publish_clock(self, log_time_ns: int) -> None:
         if self.clock_publisher is not None:
@@ -231,17 +381,19 @@ class Replay:
             if now >= wall:
                 return
             step = wall - now if period is None else min(period, wall - now)
-            time.sleep(step)
+            if not self.stop.sleep(step):
+                raise Interrupted
             if period is not None and time.monotonic() < wall:
                 self.publish_clock(bag_time_at(time.monotonic()))
 
     def wait_ack(self, stamp: int, first: bool) -> None:
-        if first:
+        if first and not self.ack_first:
             # The first frame of a pass gives no message (nothing to match it to) unless the
             # consumer still holds an older frame: give it time to take the frame.
-            self.acks.wait(stamp, self.args.first_frame_wait)
+            if self.acks.wait(stamp, self.args.first_frame_wait, self.stop):
+                self.stats["acked"] += 1
             return
-        if self.acks.wait(stamp, self.args.timeout):
+        if self.acks.wait(stamp, self.args.timeout, self.stop):
             self.stats["acked"] += 1
         else:
             self.stats["timeouts"] += 1
@@ -250,101 +402,143 @@ class Replay:
 
     def play_once(self) -> None:
         args = self.args
+        flow = args.as_fast_as_consumed
         in_flight: int | None = None  # stamp of the last published frame, awaiting its ack
         first_frame = True
+        pass_stamps: set[int] = set()
         start_wall = None
         first_log = None
         last_log = None
         self.acks.clear()  # a loop replays the same stamps: only this pass's messages count
-        for message in bags.messages(args.bag, self.topics):
-            if first_log is None:
-                first_log, start_wall = message.log_time_ns, time.monotonic()
-            last_log = message.log_time_ns
-            if message.topic in self.image_topics:
-                stamp = header_stamp_ns(message.data)
-                if args.as_fast_as_consumed and in_flight is not None and stamp != in_flight:
-                    self.wait_ack(in_flight, first_frame)
-                    first_frame = False
-                if stamp != in_flight:
-                    self.stats["frames"] += 1
-                in_flight = stamp
-            if not args.as_fast_as_consumed:
-                target = start_wall + (message.log_time_ns - first_log) / 1e9 / args.rate
-                self.sleep_until(target, lambda wall, f=first_log, s=start_wall:
-                                 f + int((wall - s) * args.rate * 1e9))
-            self.publish_clock(message.log_time_ns)
-            self.publishers[message.topic].publish(message.data)  # CDR bytes: publish_raw
-            self.stats["messages"] += 1
-        if args.as_fast_as_consumed and in_flight is not None and not first_frame:
-            self.wait_ack(in_flight, False)
-        if first_log is not None:
-            self.bag_duration_s += (last_log - first_log) / 1e9
+        try:
+            for message in bags.messages(args.bag, self.topics):
+                if self.stop.requested:
+                    raise Interrupted
+                if first_log is None:
+                    first_log, start_wall = message.log_time_ns, time.monotonic()
+                last_log = message.log_time_ns
+                if message.topic in self.image_topics:
+                    stamp = header_stamp_ns(message.data)
+                    if flow and in_flight is not None and stamp != in_flight:
+                        self.wait_ack(in_flight, first_frame)
+                        first_frame = False
+                    if stamp != in_flight:
+                        self.stats["frames"] += 1
+                        pass_stamps.add(stamp)
+                    in_flight = stamp
+                if not flow:
+                    target = start_wall + (message.log_time_ns - first_log) / 1e9 / args.rate
+                    self.sleep_until(target, lambda wall, f=first_log, s=start_wall:
+                                     f + int((wall - s) * args.rate * 1e9))
+                self.publish_clock(message.log_time_ns)
+                self.publishers[message.topic].publish(message.data)  # CDR bytes: publish_raw
+                self.stats["messages"] += 1
+            if flow and in_flight is not None:
+                self.wait_ack(in_flight, first_frame)
+            elif self.wait_topic and in_flight is not None and len(pass_stamps) > 1:
+                # Recorded timing: the node skips frames it had no time for, but always
+                # processes the newest one; wait for it so that the pass's results are out
+                # before the replay (and with it a replay launch) ends.
+                if not self.acks.wait(in_flight, args.timeout, self.stop):
+                    self.stats["timeouts"] += 1
+                    self.log(f"warning: no message on {self.wait_topic} for the last frame "
+                             f"within {args.timeout:.0f} s")
+                with self.acks.condition:
+                    self.stats["acked"] += len(pass_stamps & self.acks.stamps)
+        finally:
+            if first_log is not None:
+                self.bag_duration_s += (last_log - first_log) / 1e9
         self.stats["passes"] += 1
 
     def run(self) -> int:
         if shutil.which("ros2"):
             self.log("hint: `ros2 bag play` is available here as well; this tool adds "
                      "--as-fast-as-consumed flow control and needs no rosbag2")
-        wait = self.args.wait_subscribers
-        if wait is None:
-            wait = 30.0 if self.args.as_fast_as_consumed else 0.0
-        if wait > 0:
-            self.wait_for_subscribers(wait)
-        self.log(f"playing {', '.join(self.topics)} from {self.args.bag}"
-                 + (f", flow control on {self.wait_topic}" if self.wait_topic
-                    else f" at rate {self.args.rate:g}"))
-        started = time.monotonic()
+        self.start_spinning()
+        interrupted = False
+        started = None
         try:
+            wait = self.args.wait_subscribers
+            if wait > 0:
+                missing = wait_until_ready(self.missing, wait, self.stop, self.log)
+                if missing:
+                    self.log(f"error: gave up after {wait:g} s waiting for "
+                             f"{', '.join(missing)}; nothing was published. Is the node "
+                             f"running, with these topic names? (it subscribes once its "
+                             f"models are loaded: --wait-subscribers SECONDS waits longer, "
+                             f"0 starts without waiting)")
+                    return EXIT_NOT_READY
+            self.log(f"playing {', '.join(self.topics)} from {self.args.bag}"
+                     + (f", flow control on {self.wait_topic}" if self.args.as_fast_as_consumed
+                        else f" at rate {self.args.rate:g}"))
+            started = time.monotonic()
             while True:
                 self.play_once()
                 if not self.args.loop:
                     break
-        except KeyboardInterrupt:
-            pass
-        elapsed = time.monotonic() - started
-        time.sleep(0.3)  # let the last best-effort samples leave before the process ends
-        done = {**self.stats, "elapsed_s": round(elapsed, 3),
+        except Interrupted:
+            interrupted = True
+        elapsed = time.monotonic() - started if started is not None else 0.0
+        if not interrupted:
+            self.stop.sleep(0.3)  # let the last best-effort samples leave before the end
+        interrupted = interrupted or self.stop.requested
+        done = {**self.stats, "interrupted": interrupted, "elapsed_s": round(elapsed, 3),
                 "bag_duration_s": round(self.bag_duration_s, 3)}
         print("[replay] done: " + json.dumps(done), flush=True)
-        return 3 if self.stats["timeouts"] else 0
+        if interrupted:
+            self.log(f"interrupted ({self.stop.signal_name or 'stop'}) after "
+                     f"{self.stats['frames']} frames")
+            return 0
+        return EXIT_TIMEOUTS if self.stats["timeouts"] else 0
 
     def close(self) -> None:
-        self.executor.shutdown()
+        """Stop the spin thread and wait for it, then destroy the node: a thread left inside
+        rclpy when the process ends aborts it ('terminate called without an active
+        exception')."""
+        if self.executor is not None:
+            self.executor.shutdown(timeout_sec=2.0)
+        if self.spinner is not None:
+            self.spinner.join(timeout=2.0)
         self.node.destroy_node()
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The program (argv None: the command line; the process ends after it) or an in-process
+    call with `argv`."""
+    # First of all: Ctrl-C and SIGTERM only set a flag from now on (see Stop).
+    stop = Stop()
+    stop.install()
+    try:
+        return _main(argv, stop)
+    finally:
+        stop.uninstall(exiting=argv is None)
+
+
+def _main(argv: list[str] | None, stop: Stop) -> int:
     # Started by launch_ros, the command line ends in --ros-args ...: those are rclpy's.
     from rclpy.utilities import remove_ros_args
-    argv = remove_ros_args(["replay", *(sys.argv[1:] if argv is None else argv)])[1:]
-    args = build_parser().parse_args(argv)
+    full = ["replay", *(sys.argv[1:] if argv is None else argv)]
+    args = build_parser().parse_args(remove_ros_args(full)[1:])
     if args.rate <= 0:
         print("error: --rate must be > 0", file=sys.stderr)
         return 2
     try:
         bags.topics(args.bag)
-    except (FileNotFoundError, bags.BagError, Exception) as error:  # noqa: BLE001 - any reader error
+    except Exception as error:  # noqa: BLE001 - any reader error, named in the message
         print(f"error: cannot read {args.bag}: {error}", file=sys.stderr)
         return 2
+    if stop.requested:
+        return 0
     import rclpy
-    from rclpy.executors import ExternalShutdownException
     from rclpy.signals import SignalHandlerOptions
 
-    # Ctrl-C and SIGTERM end the replay in the main thread (KeyboardInterrupt), which then
-    # prints its summary and shuts ROS down itself; rclpy's handler would invalidate the
-    # context under the publishing loop.
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    # rclpy's handlers would shut the context down under the publishing loop: the replay
+    # stops itself (Stop) and then shuts ROS down in order.
+    rclpy.init(args=full, signal_handler_options=SignalHandlerOptions.NO)
     replay = None
     try:
-        replay = Replay(args)
+        replay = Replay(args, stop)
         return replay.run()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        return 0
     finally:
         if replay is not None:
             replay.close()

@@ -18,8 +18,10 @@ Publishes    vo/pose (geometry_msgs/PoseStamped), vo/odometry (nav_msgs/Odometry
 """
 from __future__ import annotations
 
+import signal
 import sys
 from collections import OrderedDict, deque
+from typing import Any
 
 import numpy as np
 import rclpy
@@ -27,13 +29,20 @@ from geometry_msgs.msg import Pose, PoseStamped
 from match_node_msgs.msg import Correspondences
 from nav_msgs.msg import Odometry as OdometryMsg
 from nav_msgs.msg import Path
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo
 
 from .. import vo
-from .conversions import msg_arrays, stamp_to_ns
+# messages, not conversions: conversions brings the pipeline and torch, which a consumer
+# never needs (it would start in seconds instead of a fraction of one).
+from ..messages import msg_arrays, time_to_ns
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    return time_to_ns(stamp.sec, stamp.nanosec)
 
 
 def camera_matrix(info: CameraInfo) -> tuple[np.ndarray, np.ndarray | None]:
@@ -178,15 +187,54 @@ class VoExample(Node):
         self.path_publisher.publish(self.path)
 
 
+class _StopFlag:
+    """Ctrl-C and SIGTERM set a flag that the spin loop polls; no exception is raised into
+    whatever runs (an interrupted callback or clean-up prints a traceback), and a second
+    signal changes nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    node = VoExample()
+    """The program (args None: the command line; the process ends after it) or an
+    in-process call with `args`."""
+    stop = _StopFlag()
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        return _run(args, stop)
+    finally:
+        # Ending the process: keep ignoring Ctrl-C while the interpreter finalises (it resets
+        # Python-level handlers to the default, and a second Ctrl-C would then kill the
+        # process, exit -2, after a clean end). In process: the previous handlers again.
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_IGN if args is None and signum == signal.SIGINT
+                          else handler)
+
+
+def _run(args: list[str] | None, stop: _StopFlag) -> int:
+    # rclpy's own handlers would shut the context down under a running callback.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    node = None
+    executor = None
+    try:
+        if stop.requested:
+            return 0
+        node = VoExample()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.requested and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)  # the flag is seen within 0.1 s
+    except ExternalShutdownException:
         pass
     finally:
-        node.destroy_node()
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
     return 0
 
