@@ -37,7 +37,6 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.base import Nodetype
 
-from .image import decode_compressed, decode_raw
 from .messages import MSGTYPE as CORRESPONDENCES, time_fields, time_to_ns
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -443,10 +442,13 @@ def stamp_ns(header: Any) -> int:
     return time_to_ns(header.stamp.sec, header.stamp.nanosec)
 
 
-def decode_image(msg: Any) -> np.ndarray:
-    """Pixels of a rosbags sensor_msgs/Image or CompressedImage (raises image.ImageError)."""
+def decode_image(msg: Any, max_pixels: int | None = None) -> np.ndarray:
+    """Pixels of a rosbags sensor_msgs/Image or CompressedImage (raises image.ImageError).
+    With `max_pixels`, a CompressedImage larger than that is refused before decoding."""
+    # Imported here: image.py brings torch, which the bag tools and the replay never need.
+    from .image import decode_compressed, decode_raw
     if msg.__msgtype__ == COMPRESSED_IMAGE:
-        return decode_compressed(msg.data)
+        return decode_compressed(msg.data, max_pixels)
     image = decode_raw(msg.data, msg.height, msg.width, msg.encoding, msg.step,
                        bool(msg.is_bigendian))
     # Deserialized data is a read-only view of the recorded bytes; torch warns about those.
@@ -464,10 +466,12 @@ class BagImage:
     data: bytes              # the recorded CDR bytes
     image: np.ndarray | None = None  # None until decode() (read_images(decode=False))
 
-    def decode(self) -> np.ndarray:
-        """Decode the pixels (raises image.ImageError for unusable data) and keep them."""
+    def decode(self, max_pixels: int | None = None) -> np.ndarray:
+        """Decode the pixels (raises image.ImageError for unusable data) and keep them; see
+        decode_image for `max_pixels`."""
         if self.image is None:
-            self.image = decode_image(typestore().deserialize_cdr(self.data, self.msgtype))
+            self.image = decode_image(typestore().deserialize_cdr(self.data, self.msgtype),
+                                      max_pixels)
         return self.image
 
 

@@ -7,6 +7,7 @@ Every decoded image is either HxW (grayscale) or HxWx3 RGB, uint8 or float32 in 
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import cv2
@@ -83,11 +84,112 @@ def decode_raw(data: bytes | bytearray | memoryview | np.ndarray, height: int, w
     return np.ascontiguousarray(pixels[..., :3])
 
 
-def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    """Decode JPEG/PNG bytes (sensor_msgs/CompressedImage) to an RGB or gray array."""
-    buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (SOF0-3, 5-7, 9-11, 13-15): the frame header gives the size.
+# 0xC4 (DHT), 0xC8 (JPG) and 0xCC (DAC) share the range but are not frames.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                       0xCF})
+# Markers without a length field: TEM, RST0-7, SOI.
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8), 0xD8})
+
+
+def compressed_image_size(data: bytes | bytearray | memoryview | np.ndarray
+                          ) -> tuple[str, int, int] | None:
+    """(format, width, height) of PNG or JPEG bytes, read from the header without decoding.
+
+    Returns None for other formats. Raises ImageError for a PNG or JPEG whose header is
+    truncated or malformed (the decoder would fail on it, or allocate what it claims).
+    """
+    view = memoryview(np.ascontiguousarray(_as_bytes(data)))
+    if view[:8].tobytes() == _PNG_SIGNATURE:
+        return _png_size(view)
+    if view[:2].tobytes() == b"\xff\xd8":
+        return _jpeg_size(view)
+    return None
+
+
+def _as_bytes(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1).view(np.uint8)
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _png_size(view: memoryview) -> tuple[str, int, int]:
+    # The first chunk must be IHDR: length 13, type, width, height (big-endian), 5 more
+    # bytes, CRC. libpng checks the CRC too; checking it here catches garbage early.
+    if len(view) < 33:
+        raise ImageError(f"truncated PNG header ({len(view)} bytes, IHDR needs 33)")
+    header = view[8:33].tobytes()
+    if header[:8] != b"\x00\x00\x00\x0dIHDR":
+        raise ImageError("malformed PNG: the first chunk is not a 13-byte IHDR")
+    if zlib.crc32(header[4:21]) != int.from_bytes(header[21:25], "big"):
+        raise ImageError("malformed PNG: IHDR checksum mismatch (corrupt header)")
+    width, height = int.from_bytes(header[8:12], "big"), int.from_bytes(header[12:16], "big")
+    if width == 0 or height == 0 or width >= 1 << 31 or height >= 1 << 31:
+        raise ImageError(f"malformed PNG: header gives a size of {width}x{height}")
+    return "PNG", width, height
+
+
+def _jpeg_size(view: memoryview) -> tuple[str, int, int]:
+    # Walk the marker segments after SOI up to the first start-of-frame. Segments are skipped
+    # by their length, so a thumbnail inside an APP1 (EXIF) segment is never mistaken for
+    # the frame; image data (SOS) before any frame header means the file is malformed.
+    size, pos = len(view), 2
+    while True:
+        if pos >= size:
+            raise ImageError(f"truncated JPEG: no frame header in {size} bytes")
+        if view[pos] != 0xFF:
+            raise ImageError(f"malformed JPEG: no marker at byte {pos}")
+        while pos < size and view[pos] == 0xFF:  # a marker may be preceded by fill bytes
+            pos += 1
+        if pos >= size:
+            raise ImageError(f"truncated JPEG: no frame header in {size} bytes")
+        marker = view[pos]
+        pos += 1
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0xDA, 0xD9) or marker == 0x00:  # SOS, EOI or a stuffed zero
+            raise ImageError(f"malformed JPEG: marker 0x{marker:02X} before the frame header")
+        if pos + 2 > size:
+            raise ImageError(f"truncated JPEG: segment 0x{marker:02X} at byte {pos - 2} is cut")
+        length = (view[pos] << 8) | view[pos + 1]
+        if length < 2:
+            raise ImageError(f"malformed JPEG: segment 0x{marker:02X} has length {length}")
+        if marker in _JPEG_SOF:
+            if length < 8 or pos + 7 > size:
+                raise ImageError("truncated JPEG: frame header is cut")
+            height = (view[pos + 3] << 8) | view[pos + 4]
+            width = (view[pos + 5] << 8) | view[pos + 6]
+            if width == 0 or height == 0:  # height 0 defers it to a DNL marker (unsupported)
+                raise ImageError(f"malformed JPEG: frame header gives a size of "
+                                 f"{width}x{height}")
+            return "JPEG", width, height
+        pos += length
+
+
+def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray,
+                      max_pixels: int | None = None) -> np.ndarray:
+    """Decode JPEG/PNG bytes (sensor_msgs/CompressedImage) to an RGB or gray array.
+
+    With `max_pixels`, the size is read from the PNG or JPEG header first and a larger image
+    is refused before decoding: a small file can declare a huge image (a 1.2 MB PNG of
+    20000x20000 decodes to 1.2 GB). Other formats are refused then, since their size is not
+    known before decoding. Without it (trusted files) any format OpenCV reads is decoded.
+    """
+    buffer = _as_bytes(data)
     if buffer.size == 0:
         raise ImageError("compressed image has no data")
+    if max_pixels is not None:
+        header = compressed_image_size(buffer)
+        if header is None:
+            raise ImageError(
+                f"compressed image is neither PNG nor JPEG (first bytes "
+                f"{buffer[:8].tobytes().hex(' ')}); only those are decoded, as their size is "
+                "checked against max_input_pixels before decoding")
+        kind, width, height = header
+        if width * height > max_pixels:
+            raise ImageError(f"{kind} image of {width}x{height} ({width * height} pixels) "
+                             f"exceeds max_input_pixels={max_pixels}; dropped before decoding")
     image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageError("compressed image could not be decoded (not a JPEG/PNG?)")
@@ -96,6 +198,18 @@ def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray) -> np.n
     if image.dtype == np.uint16:
         image = image.astype(np.float32) / 65535.0
     return image
+
+
+def checked_stamp_ns(sec: int, nanosec: int) -> int:
+    """Nanoseconds of a header stamp (builtin_interfaces/Time sec, nanosec); ImageError when
+    it is malformed (nanosec outside 0..999999999, or sec negative), so the frame is dropped
+    and counted as invalid instead of entering the stream at a wrong time."""
+    if not 0 <= nanosec < 1_000_000_000:
+        raise ImageError(f"malformed header stamp: nanosec {nanosec} is outside "
+                         f"0..999999999 (sec {sec})")
+    if sec < 0:
+        raise ImageError(f"malformed header stamp: sec {sec} is negative")
+    return sec * 1_000_000_000 + nanosec
 
 
 def check_image(image: np.ndarray) -> None:

@@ -106,7 +106,7 @@ class MonoRunner:
                           frame.log_time_ns, "matched")
         self.log.append(record)
         try:
-            image = frame.decode()
+            image = frame.decode(self.max_input_pixels)  # compressed: checked before decoding
             if image.shape[0] * image.shape[1] > self.max_input_pixels:
                 raise ImageError(f"{image.shape[1]}x{image.shape[0]} image exceeds "
                                  f"max_input_pixels={self.max_input_pixels}")

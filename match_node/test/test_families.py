@@ -133,3 +133,120 @@ def test_stream_with_another_family_keeps_track_ids(coffee_pair):
     inherited = [ids[i] == t for i, t in zip(second.indices0.tolist(), second.track_ids.tolist())
                  if i in ids]
     assert len(inherited) > 30 and all(inherited)
+
+
+# --- which extractor / matcher combinations can work (issue 11.6) --------------------------
+# The documented table: matchers each extractor supports. aliked-t16 gives 64-d descriptors;
+# the ALIKED LightGlue takes 128-d ones, and 'auto' and 'loftr' use that LightGlue too.
+SUPPORTED = {
+    "aliked-n16": {"lightglue", "nn", "loftr", "auto"},
+    "aliked-n16rot": {"lightglue", "nn", "loftr", "auto"},
+    "aliked-n32": {"lightglue", "nn", "loftr", "auto"},
+    "aliked-t16": {"nn"},
+    "superpoint": {"lightglue", "superglue", "nn", "loftr", "auto"},
+    "disk": {"lightglue", "nn", "loftr", "auto"},
+    "sift": {"lightglue", "nn", "loftr", "auto"},
+    "xfeat": {"lightglue", "nn", "loftr", "auto"},
+}
+
+
+def test_table_covers_every_parameter_value():
+    from match_node import params as P
+    assert set(SUPPORTED) == set(P.EXTRACTORS)
+    assert set().union(*SUPPORTED.values()) == set(P.MATCHERS)
+
+
+@pytest.mark.parametrize("extractor", sorted(SUPPORTED))
+@pytest.mark.parametrize("matcher", ["lightglue", "superglue", "nn", "loftr", "auto"])
+def test_every_combination_verdict(extractor, matcher, monkeypatch):
+    from match_node import families as F
+    from match_node import params as P
+    from match_node import weights as W
+    works = matcher in SUPPORTED[extractor]
+    assert (F.combination_problem(extractor, matcher) is None) == works
+    assert (matcher in F.supported_matchers(extractor)) == works
+    if works:
+        P.validate({"extractor": extractor, "matcher": matcher})
+        return
+    # Refused by parameter validation (the node's start-up) and by the Pipeline before any
+    # weights are looked up, with the reason and what works instead.
+    with pytest.raises(ParameterError) as by_params:
+        P.validate({"extractor": extractor, "matcher": matcher})
+    monkeypatch.setattr(W, "load_checkpoint", lambda *a, **k: pytest.fail("weights loaded"))
+    with pytest.raises(ParameterError) as by_pipeline:
+        Pipeline(device="cpu", extractor=extractor, matcher=matcher, allow_download=False)
+    message = str(by_pipeline.value)
+    assert message == str(by_params.value)
+    assert f"Use matcher {F._quoted(F.supported_matchers(extractor))} with {extractor}" in message
+    if matcher == "superglue":
+        assert "SuperGlue was trained on SuperPoint's 256-d descriptors" in message
+    else:
+        assert ("extractor 'aliked-t16' gives 64-d descriptors, but its family's official "
+                "LightGlue weights (aliked_lightglue.pth) take 128-d ones") in message
+        assert "'aliked-n16', 'aliked-n16rot' or 'aliked-n32'" in message
+
+
+def test_aliked_t16_with_lightglue_message():
+    from match_node import params as P
+    with pytest.raises(ParameterError) as error:
+        P.validate({"extractor": "aliked-t16", "matcher": "lightglue"})
+    assert str(error.value) == (
+        "extractor 'aliked-t16' gives 64-d descriptors, but its family's official LightGlue "
+        "weights (aliked_lightglue.pth) take 128-d ones; no LightGlue was trained for "
+        "aliked-t16. Use matcher 'nn' with aliked-t16, or matcher 'lightglue' with extractor "
+        "'aliked-n16', 'aliked-n16rot' or 'aliked-n32'")
+
+
+@pytest.fixture(scope="module")
+def small_image(coffee_pair):
+    return coffee_pair[0][:96, :128].copy()
+
+
+@pytest.mark.parametrize("extractor", ["aliked-n16", "aliked-n16rot", "aliked-n32",
+                                       "aliked-t16", "disk", "sift", "xfeat"])
+def test_descriptor_dims_are_those_of_the_official_weights(extractor, small_image,
+                                                           one_torch_thread):
+    """families.py states each extractor's descriptor size; its official file decides."""
+    from match_node.families import EXTRACTOR_FAMILIES
+    pipeline = Pipeline(device="cpu", extractor=extractor, matcher="nn", max_keypoints=64,
+                        detection_threshold=0.0, allow_download=False)
+    features = pipeline.extract(small_image)
+    assert len(features) > 0
+    assert features.descriptors.shape[1] == EXTRACTOR_FAMILIES[extractor].descriptor_dim
+
+
+def test_superpoint_descriptor_dim_is_its_architecture():
+    # No official SuperPoint file here (non-commercial): its descriptor head is 256 wide.
+    from match_node.families import EXTRACTOR_FAMILIES
+    from match_node.models.superpoint import SuperPoint
+    assert SuperPoint().state_dict()["convDb.weight"].shape[0] == 256
+    assert EXTRACTOR_FAMILIES["superpoint"].descriptor_dim == 256
+
+
+@pytest.mark.parametrize("checkpoint,key,extractors", [
+    ("lightglue-aliked", "input_proj.weight", ["aliked-n16", "aliked-n16rot", "aliked-n32"]),
+    ("lightglue-disk", "input_proj.weight", ["disk"]),
+    ("xfeat-lighterglue", "matcher.input_proj.weight", ["xfeat"]),
+])
+def test_lightglue_input_dims_are_those_of_the_official_weights(checkpoint, key, extractors):
+    """The descriptor size a LightGlue file takes is its input projection's width."""
+    from match_node import families as F
+    from match_node.weights import CHECKPOINTS, read_state_dict, resolve
+    state = read_state_dict(resolve(CHECKPOINTS[checkpoint], allow_download=False))
+    takes = state[key].shape[1]
+    for name in extractors:
+        family = F.EXTRACTOR_FAMILIES[name]
+        assert F.lightglue_checkpoint(family) == checkpoint
+        assert F.lightglue_input_dim(family) == takes == family.descriptor_dim
+    if checkpoint == "lightglue-aliked":
+        t16 = F.EXTRACTOR_FAMILIES["aliked-t16"]
+        assert F.lightglue_checkpoint(t16) == checkpoint and t16.descriptor_dim != takes
+
+
+def test_aliked_t16_matches_with_nn(coffee_pair, one_torch_thread):
+    image0, image1, _ = coffee_pair
+    pipeline = Pipeline(device="cpu", extractor="aliked-t16", matcher="nn", max_keypoints=256,
+                        allow_download=False)
+    result = pipeline.match(image0[:240, :320], image1[:240, :320])
+    errors = reprojection_errors(HOMOGRAPHY, result.keypoints0, result.keypoints1)
+    assert len(result) > 30 and (errors < 3).mean() > 0.9

@@ -9,15 +9,24 @@ from match_node_msgs.msg import Correspondences
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from ..image import decode_compressed, decode_raw
+from ..image import ImageError, checked_stamp_ns, decode_compressed, decode_raw
 from ..messages import ARRAY_FIELDS, correspondence_fields
 from ..pipeline import MatchResult
 
 
-def image_to_array(msg: Image | CompressedImage) -> np.ndarray:
-    """Decode an Image (any supported encoding, step padding honoured) or a CompressedImage."""
+def image_to_array(msg: Image | CompressedImage, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an Image (any supported encoding, step padding honoured) or a CompressedImage.
+
+    Raises ImageError for a message that cannot enter the stream: a malformed header stamp
+    (checked first: the frame would otherwise be placed at a wrong time), more than
+    `max_pixels` pixels (a CompressedImage's size is read from its header, before decoding),
+    a bad encoding or bad data.
+    """
+    checked_stamp_ns(int(msg.header.stamp.sec), int(msg.header.stamp.nanosec))
     if isinstance(msg, CompressedImage):
-        return decode_compressed(msg.data)
+        return decode_compressed(msg.data, max_pixels)
+    if max_pixels is not None and msg.height * msg.width > max_pixels:
+        raise ImageError(f"{msg.width}x{msg.height} image exceeds max_input_pixels={max_pixels}")
     return decode_raw(msg.data, msg.height, msg.width, msg.encoding, msg.step,
                       bool(msg.is_bigendian))
 
