@@ -23,8 +23,8 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "match_node = match_node.ros.node:main",
-            "stereo_match_node = match_node.ros.stereo_node:main",
+            "match_node = match_node.ros.entry:match_node",
+            "stereo_match_node = match_node.ros.entry:stereo_match_node",
             "vo_example = match_node.ros.vo_node:main",
             "replay = match_node.ros.replay:main",
         ],

@@ -91,7 +91,9 @@ def test_node_process_end_to_end(ros, sequence):
         harness.close()
         output = stop_process(process)
     assert process.returncode == 0, output
-    assert "aliked-n16 + lightglue on cpu" in output
+    # The start-up line names the configured matcher (the default), not the one per frame.
+    from match_node import params as P
+    assert f"aliked-n16 + {P.SPECS['matcher'].default} on cpu" in output
 
 
 @pytest.fixture
@@ -100,9 +102,9 @@ def node_factory(ros):
 
     created = []
 
-    def make(**overrides):
+    def make(cli_args=None, **overrides):
         parameters = {"device": "cpu", "max_keypoints": 256, "allow_download": False, **overrides}
-        node = MatchNode(namespace=f"/t{len(created)}_{os.getpid()}",
+        node = MatchNode(namespace=f"/t{len(created)}_{os.getpid()}", cli_args=cli_args,
                          parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
         executor = MultiThreadedExecutor()
         executor.add_node(node)
@@ -184,7 +186,9 @@ def test_bad_input_is_dropped_or_reset_and_node_keeps_running(node_factory, sequ
         harness.close()
 
 
-def test_stale_frames_are_dropped_not_queued(node_factory, sequence):
+def test_superseded_frames_are_skipped_not_failures(node_factory, sequence):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
     node = node_factory()
     ns = node.get_namespace()
     harness = Harness(f"{ns}/image", f"{ns}/correspondences")
@@ -194,13 +198,35 @@ def test_stale_frames_are_dropped_not_queued(node_factory, sequence):
             harness.publisher.publish(image_msg(sequence.frames[i % 5], (i + 1) * 10**8))
             time.sleep(0.01)
         wait_until(lambda: node.counters.received == 8, 30, "all frames received")
-        wait_until(lambda: node.counters.processed + node.counters.dropped_stale == 8, 120,
+        wait_until(lambda: node.counters.processed + node.counters.superseded == 8, 120,
                    "the worker to catch up")
         c = node.counters
-        assert c.dropped_stale >= 1
+        assert c.superseded >= 1
         assert c.published == c.processed - 1  # every processed frame but the first
         wait_until(lambda: harness.count() == c.published, 30, "all messages")
-        assert sum(m.dropped_frames for m in harness.received) <= c.dropped_stale
+        assert sum(m.dropped_frames for m in harness.received) <= c.superseded
+        # Two more frames, one at a time, so that the publish rate is measurable.
+        for i in (8, 9):
+            harness.publisher.publish(image_msg(sequence.frames[i % 5], (i + 1) * 10**8))
+            wait_until(lambda: node.counters.processed + node.counters.superseded == i + 1, 60,
+                       f"frame {i}")
+        # An overloaded node is healthy: superseded frames are reported, not failures.
+        status = node.diagnostic_status()
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.OK, status.message
+        assert "superseded" in status.message
+        assert int(values["superseded"]) == node.counters.superseded
+        assert float(values["superseded_rate"]) > 0
+        assert float(values["failure_rate"]) == 0 and values["failed"] == "0"
+        assert values["worker"] == "running"
+        # A rate no CPU reaches, set at run time as an integer (as `ros2 param set` sends it).
+        result = node.set_parameters([Parameter("expected_rate_hz", value=1000)])[0]
+        assert result.successful, result.reason
+        assert node.get_parameter("expected_rate_hz").value == 1000.0
+        wait_until(lambda: node.values["expected_rate_hz"] == 1000.0, 10, "the change applied")
+        status = node.diagnostic_status()
+        assert status.level == DiagnosticStatus.ERROR
+        assert "expected 1000 Hz" in status.message
     finally:
         harness.close()
 
@@ -265,8 +291,246 @@ def test_runtime_parameters_are_validated(node_factory):
     assert not result.successful and "one of" in result.reason
     result = node.set_parameters([Parameter("extractor", value="aliked-n32")])[0]
     assert not result.successful  # read-only: needs a model reload
-    node._apply_pending()
-    assert node.pipeline.params["max_keypoints"] == 128
+    # The worker applies pending changes while idle too.
+    wait_until(lambda: node.pipeline.params["max_keypoints"] == 128, 10, "the change applied")
+
+
+def send_pair_and_wait(harness, node, sequence, first_stamp_s: int) -> None:
+    """Two frames, each after the previous one was processed: a new message at least."""
+    before = harness.count()
+    for k in range(2):
+        taken = node.counters.processed
+        harness.publisher.publish(image_msg(sequence.frames[k], (first_stamp_s + k) * 10**9))
+        wait_until(lambda: node.counters.processed > taken, 60, f"frame {k} processed")
+    wait_until(lambda: harness.count() > before, 30, "a correspondences message")
+
+
+def test_conflicting_parameters_are_refused_and_the_worker_survives(node_factory, sequence):
+    """Issue 11, item 1: a change that breaks a constraint between parameters used to be
+    accepted and then kill the worker (no message ever after)."""
+    node = node_factory(matcher="lightglue")
+    ns = node.get_namespace()
+    harness = Harness(f"{ns}/image", f"{ns}/correspondences")
+    try:
+        harness.wait_for_subscriber()
+        for name, value in (("texture_low_keypoints", 300), ("texture_high_keypoints", 10)):
+            result = node.set_parameters([Parameter(name, value=value)])[0]
+            assert not result.successful, name
+            assert "texture_high_keypoints" in result.reason and "flap" in result.reason
+        # Nothing changed, neither the parameters nor what the worker will apply.
+        assert node.get_parameter("texture_low_keypoints").value == 150
+        assert node.get_parameter("texture_high_keypoints").value == 250
+        assert node._pending == {}
+        # Both together are fine; the check sees the merged values of one request ...
+        assert node.set_parameters_atomically([Parameter("texture_low_keypoints", value=300),
+                                               Parameter("texture_high_keypoints", value=400)]
+                                              ).successful
+        # ... and of pending changes: high 400 is pending or applied, so low 350 fits.
+        assert node.set_parameters([Parameter("texture_low_keypoints", value=350)])[0].successful
+        assert not node.set_parameters([Parameter("texture_low_keypoints", value=401)])[0].successful
+        wait_until(lambda: node.pipeline.params["texture_low_keypoints"] == 350, 10, "applied")
+        assert node.pipeline.params["texture_high_keypoints"] == 400
+        send_pair_and_wait(harness, node, sequence, 1)
+
+        # Whatever a parameter change or a frame raises, the worker counts it and goes on.
+        real_update = node.pipeline.update
+
+        def failing_update(**changes):
+            node.pipeline.update = real_update
+            raise RuntimeError("injected parameter failure")
+
+        node.pipeline.update = failing_update
+        assert node.set_parameters([Parameter("max_keypoints", value=200)])[0].successful
+        wait_until(lambda: node.counters.errors == 1, 10, "the failed change counted")
+        real_push = node.stream.push
+
+        def failing_push(*args, **kwargs):
+            node.stream.push = real_push
+            raise RuntimeError("injected frame failure")
+
+        node.stream.push = failing_push
+        harness.publisher.publish(image_msg(sequence.frames[2], 10 * 10**9))
+        wait_until(lambda: node.counters.errors == 2, 60, "the failed frame counted")
+        assert "injected frame failure" in node._last_error
+        send_pair_and_wait(harness, node, sequence, 20)
+        assert node._worker.is_alive()
+        values = {kv.key: kv.value for kv in node.diagnostic_status().values}
+        assert values["errors"] == "2" and values["worker"] == "running"
+    finally:
+        harness.close()
+
+
+class _Stop(BaseException):
+    """Not an Exception: the only kind of error that can still end the worker thread."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_stopped_worker_is_reported_as_error(node_factory):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    node = node_factory()
+    assert node.diagnostic_status().level == DiagnosticStatus.OK
+
+    def stop(timeout=None):
+        raise _Stop("injected")
+
+    node._slot.take = stop
+    wait_until(lambda: not node._worker.is_alive(), 10, "the worker to stop")
+    status = node.diagnostic_status()
+    assert status.level == DiagnosticStatus.ERROR
+    assert status.message.startswith("worker stopped")
+    assert {kv.key: kv.value for kv in status.values}["worker"] == "stopped"
+
+
+def test_compressed_subscription_follows_the_remapped_base_topic(node_factory, sequence):
+    """Issue 11, item 9: `-r image:=X` moves image/compressed to X/compressed, as
+    image_transport does; an explicit remapping of image/compressed still wins."""
+    topic = f"/cam_{os.getpid()}/image_raw"
+    node = node_factory(image_transport="compressed", cli_args=["--ros-args", "-r", f"image:={topic}"])
+    assert node.subscription.topic_name == f"{topic}/compressed"
+    ns = node.get_namespace()
+    harness = Harness(f"{topic}/compressed", f"{ns}/correspondences", compressed=True)
+    try:
+        harness.wait_for_subscriber()
+        msg = CompressedImage(format="jpeg")
+        msg.header.stamp.sec = 1
+        msg.data = cv2.imencode(".jpg", sequence.frames[0])[1].tobytes()
+        harness.publisher.publish(msg)
+        wait_until(lambda: node.counters.processed == 1, 60, "the frame from the remapped topic")
+    finally:
+        harness.close()
+    explicit = f"/other_{os.getpid()}/compressed"
+    node = node_factory(image_transport="compressed", cli_args=[
+        "--ros-args", "-r", f"image:={topic}", "-r", f"image/compressed:={explicit}"])
+    assert node.subscription.topic_name == explicit
+    node = node_factory(image_transport="compressed")  # no remapping: relative, as before
+    assert node.subscription.topic_name == f"{node.get_namespace()}/image/compressed"
+
+
+def _half_constructed(cli_args: list[str], **kwargs):
+    """Construct a MatchNode that fails, and return the error and the half-made node."""
+    from match_node.ros.node import MatchNode
+
+    node = MatchNode.__new__(MatchNode)
+    with pytest.raises(Exception) as error:
+        node.__init__(namespace=f"/bad_{os.getpid()}", cli_args=cli_args, **kwargs)
+    return error.value, node
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["-p", "max_keypoints:=-5"], "parameter 'max_keypoints' must be >= 1 (allowed 1..32768), got -5"),
+    (["-p", "max_keypoints:=0"], "parameter 'max_keypoints' must be >= 1 (allowed 1..32768), got 0"),
+    (["-p", "latency_budget_ms:=-1"],
+     "parameter 'latency_budget_ms' must be >= 0.0 (allowed 0.0..60000.0), got -1.0"),
+    (["-p", "nms_radius:=100"], "parameter 'nms_radius' must be <= 16 (allowed -1..16), got 100"),
+    (["-p", "output_queue_depth:=0"],
+     "parameter 'output_queue_depth' must be >= 1 (allowed 1..1000), got 0"),
+    (["-p", "max_keypoints:=abc"], "parameter 'max_keypoints' must be an integer, got 'abc'"),
+    (["-p", "max_keypoints:=3.5"], "parameter 'max_keypoints' must be an integer, got 3.5"),
+    (["-p", "max_keypoint:=512"], "unknown parameter 'max_keypoint': did you mean 'max_keypoints'?"),
+    (["-p", "texture_high_keypoints:=10"], "parameter 'texture_high_keypoints' (10) must not be below"),
+])
+def test_bad_start_values_are_refused_with_their_name(ros, arguments, message):
+    from match_node import params as P
+
+    error, node = _half_constructed(["--ros-args", *arguments])
+    assert isinstance(error, P.ParameterError)
+    assert str(error).startswith(message)
+    node.destroy_node()  # safe on a node whose constructor failed
+
+
+def test_start_parameters_from_a_params_file(ros, tmp_path):
+    """Typos and wrong types in --params-file are refused; rclpy's own parameters, the
+    sections of other nodes and integers for float parameters are accepted."""
+    from match_node import params as P
+
+    path = tmp_path / "params.yaml"
+    path.write_text("/**:\n  ros__parameters:\n    use_sim_time: false\n"
+                    "other_node:\n  ros__parameters:\n    max_keypoint: 3\n    foo: bar\n"
+                    "/**/match_node:\n  ros__parameters:\n    latency_budget_ms: 100\n"
+                    "    max_keypoints: 300\n")
+    from match_node.ros.node import MatchNode
+
+    node = MatchNode(namespace=f"/yaml_{os.getpid()}", cli_args=[
+        "--ros-args", "--params-file", str(path), "-p", "expected_rate_hz:=15"],
+        parameter_overrides=[Parameter("device", value="cpu"),
+                             Parameter("allow_download", value=False)])
+    try:
+        assert node.values["max_keypoints"] == 300
+        for name, value in (("latency_budget_ms", 100.0), ("expected_rate_hz", 15.0)):
+            assert node.values[name] == value and isinstance(node.values[name], float)
+            assert node.get_parameter(name).type_ == Parameter.Type.DOUBLE
+        assert node.get_parameter(name).value == 15.0
+    finally:
+        node.destroy_node()
+    for text, message in (("max_keypoint: 300", "did you mean 'max_keypoints'?"),
+                          ("max_keypoints: abc", "must be an integer, got 'abc'")):
+        path.write_text(f"/**:\n  ros__parameters:\n    {text}\n")
+        error, node = _half_constructed(["--ros-args", "--params-file", str(path)])
+        assert isinstance(error, P.ParameterError) and message in str(error)
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["-p", "max_keypoints:=-5"], "parameter 'max_keypoints' must be >= 1 (allowed 1..32768), got -5"),
+    (["-p", "max_keypoints:=abc"], "parameter 'max_keypoints' must be an integer, got 'abc'"),
+    (["-p", "max_keypoint:=512"], "unknown parameter 'max_keypoint': did you mean 'max_keypoints'?"),
+    (["--params-file", "/nonexistent/params.yaml"],
+     "bad ROS arguments: failed to initialize rcl: Couldn't parse params file: "
+     "'--params-file /nonexistent/params.yaml'. Error: Error opening YAML file"),
+])
+def test_bad_start_exits_2_with_one_line(arguments, message):
+    """Issue 11, items 2 and 3, as the user sees them: one line, exit code 2, no traceback."""
+    out = subprocess.run(node_command() + ["--ros-args", *arguments, "-p", "device:=cpu"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == f"[match_node] fatal: {message}", out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def _publish_until_stopped(harness, frames, stop) -> None:
+    i = 0
+    while not stop.is_set():
+        harness.publisher.publish(image_msg(frames[i % len(frames)], (i + 1) * 10**8))
+        i += 1
+        stop.wait(0.05)  # a 20 Hz camera: the worker is always in the middle of a frame
+
+
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_ctrl_c_mid_stream_exits_quietly(ros, sequence, interrupts):
+    """SIGINT while the worker is busy: exit 0, no ERROR, no traceback; a second SIGINT
+    during shutdown too."""
+    import signal
+    import threading
+
+    ns = f"/sigint{interrupts}_{os.getpid()}"
+    process = subprocess.Popen(
+        node_command() + ["--ros-args", "-r", f"__ns:={ns}", "-p", "device:=cpu",
+                          "-p", "max_keypoints:=256", "-p", "allow_download:=false"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    harness = Harness(f"{ns}/image", f"{ns}/correspondences")
+    stop = threading.Event()
+    publisher = threading.Thread(target=_publish_until_stopped,
+                                 args=(harness, sequence.frames, stop), daemon=True)
+    try:
+        harness.wait_for_subscriber(90)
+        publisher.start()
+        wait_until(lambda: harness.count() >= 2, 120, "messages from the stream")
+        process.send_signal(signal.SIGINT)
+        for _ in range(interrupts - 1):
+            time.sleep(0.1)
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        stop.set()
+        publisher.join(5)
+        harness.close()
+        if process.poll() is None:
+            output = stop_process(process)
+    assert process.returncode == 0, output
+    assert "ERROR" not in output and "Traceback" not in output, output
+    assert "KeyboardInterrupt" not in output, output
 
 
 def test_bad_configuration_fails_with_one_clear_line(tmp_path):
@@ -305,7 +569,8 @@ def test_latency_budget_in_messages_and_diagnostics(node_factory, sequence):
         values = {kv.key: kv.value for kv in status.values}
         assert status.level == DiagnosticStatus.ERROR and "budget" in status.message
         for key in ("rate_hz", "latency_p50_ms", "latency_p99_ms", "budget_miss_rate",
-                    "exit_layer_histogram", "keypoint_cap", "device", "dropped_stale"):
+                    "exit_layer_histogram", "keypoint_cap", "device", "superseded",
+                    "superseded_rate", "failure_rate", "failed", "worker"):
             assert key in values
         assert values["exit_layer_histogram"].startswith("[2, 0")
 

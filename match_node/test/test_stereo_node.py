@@ -99,3 +99,44 @@ def test_stereo_node_publishes_stereo_and_temporal(ros, middlebury):
         executor.shutdown()
         harness.destroy_node()
         node.destroy_node()
+
+
+class _Stop(BaseException):
+    """Not an Exception: the only kind of error that can still end the worker thread."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_stereo_node_checks_parameters_remaps_compressed_topics_and_reports_its_worker(ros):
+    """Issue 11, items 1 and 9, for the stereo node (it inherits the mono node's callbacks,
+    worker and subscriptions): conflicting changes are refused, remapping left/image and
+    right/image moves their compressed topics, and a stopped worker is an ERROR."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from match_node.ros.stereo_node import StereoMatchNode
+
+    left, right = f"/rig_{os.getpid()}/left/image_rect", f"/rig_{os.getpid()}/right/image_rect"
+    node = StereoMatchNode(
+        namespace=f"/s2_{os.getpid()}",
+        cli_args=["--ros-args", "-r", f"left/image:={left}", "-r", f"right/image:={right}"],
+        parameter_overrides=[Parameter("device", value="cpu"), Parameter("max_keypoints", value=256),
+                             Parameter("allow_download", value=False),
+                             Parameter("image_transport", value="compressed")])
+    try:
+        assert node.left_subscription.topic_name == f"{left}/compressed"
+        assert node.right_subscription.topic_name == f"{right}/compressed"
+
+        result = node.set_parameters([Parameter("texture_low_keypoints", value=300)])[0]
+        assert not result.successful and "texture_high_keypoints" in result.reason
+        assert node.get_parameter("texture_low_keypoints").value == 150
+        assert node.set_parameters([Parameter("stereo_slop_ms", value=5.0)])[0].successful is False
+
+        assert node.diagnostic_status().level == DiagnosticStatus.OK
+
+        def stop(timeout=None):
+            raise _Stop("injected")
+
+        node._slot.take = stop
+        wait_until(lambda: not node._worker.is_alive(), 10, "the worker to stop")
+        status = node.diagnostic_status()
+        assert status.level == DiagnosticStatus.ERROR and status.message.startswith("worker stopped")
+    finally:
+        node.destroy_node()

@@ -3,11 +3,13 @@
 Thin by design: it declares the shared parameters, converts messages and hands frames to
 the core's SequentialMatcher on a worker thread. The image callback only stores the newest
 message in a one-slot buffer, so the executor is never blocked by inference; a frame replaced
-before the worker took it is dropped and counted. Publishing happens from the worker.
+before the worker took it is superseded: skipped and counted, but no failure. Publishing
+happens from the worker, which no frame and no parameter change can stop.
 
 Topics (relative, so namespaces and remapping apply):
   subscribes  image              sensor_msgs/Image            (image_transport: raw)
-              image/compressed   sensor_msgs/CompressedImage  (image_transport: compressed)
+              image/compressed   sensor_msgs/CompressedImage  (image_transport: compressed;
+                                 follows a remapping of `image`, as image_transport does)
   publishes   correspondences    match_node_msgs/Correspondences
               /diagnostics       diagnostic_msgs/DiagnosticArray (1 Hz)
 
@@ -16,7 +18,11 @@ it (decoding included) to the message being published.
 """
 from __future__ import annotations
 
+import os
+import re
+import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -29,8 +35,11 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from match_node_msgs.msg import Correspondences
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
@@ -38,7 +47,7 @@ from std_msgs.msg import Header
 from .. import params as P
 from ..image import ImageError
 from ..pipeline import Pipeline, SequentialMatcher
-from ..runtime import FrameStats, LatestSlot
+from ..runtime import FrameStats, LatestSlot, assess_health
 from ..viz import draw_matches
 from ..weights import WeightsError
 from .conversions import image_to_array, result_to_msg, stamp_to_ns
@@ -49,7 +58,7 @@ class Counters:
     received: int = 0
     processed: int = 0
     published: int = 0
-    dropped_stale: int = 0      # replaced in the one-slot buffer before processing
+    superseded: int = 0         # replaced in the one-slot buffer before processing (no fault)
     dropped_invalid: int = 0    # bad encoding, size, data
     dropped_stamp: int = 0      # stamp not newer than the previous frame (policy 'drop')
     resets: int = 0             # tracking restarted (first frame, time jump, size change)
@@ -58,9 +67,9 @@ class Counters:
     dropped_unpaired: int = 0   # stereo: images without a partner of the same stamp
     unpublished_drops: int = field(default=0, repr=False)  # drops since the last message
 
-    def dropped(self) -> int:
-        return (self.dropped_stale + self.dropped_invalid + self.dropped_stamp
-                + self.dropped_unpaired)
+    def failed(self) -> int:
+        """Frames the node took and could not use (superseded frames are not failures)."""
+        return self.dropped_invalid + self.dropped_stamp + self.dropped_unpaired + self.errors
 
 
 def _descriptor(spec: P.ParamSpec) -> ParameterDescriptor:
@@ -83,10 +92,7 @@ def _descriptor(spec: P.ParamSpec) -> ParameterDescriptor:
 class MatchNode(Node):
     def __init__(self, node_name: str = "match_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        for spec in P.PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
-        values = {spec.name: self.get_parameter(spec.name).value for spec in P.PARAMETERS}
-        self.values = P.validate(values)  # raises ParameterError with the parameter's name
+        self.values = self._declare_parameters()  # ParameterError naming the parameter
 
         pipeline_values = {k: v for k, v in self.values.items() if P.SPECS[k].scope == "pipeline"}
         self.pipeline = Pipeline(pipeline_values)
@@ -101,6 +107,7 @@ class MatchNode(Node):
         self.counters = Counters()
         self.stats = FrameStats()
         self._last_error = ""
+        self._worker_stopped: str | None = None  # why the worker thread ended, if it did
         self._reference_header: Header | None = None
         self._pending: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -110,11 +117,37 @@ class MatchNode(Node):
         # Drawn matches for people, not for VO: only drawn while someone subscribes.
         self.debug_publisher = self.create_publisher(Image, "debug/matches", 1)
         self._create_io()
+        self.add_pre_set_parameters_callback(self._on_pre_set_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.diagnostics_timer = self.create_timer(1.0, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._run_worker, name="match_node_worker",
                                         daemon=True)
         self._worker.start()
+
+    def _declare_parameters(self) -> dict[str, Any]:
+        """Check every value given for this node, then declare the parameters with them.
+
+        rclpy itself would raise a traceback for a value outside the declared range or of
+        the wrong type, accept an integer for a float parameter nowhere, and ignore a
+        misspelt name. So the overrides are validated here first, with the same table and
+        messages as everywhere else, and the parameters are declared with the checked values.
+        """
+        # rclpy keeps the overrides that apply to this node (command-line -p, the /** and
+        # this node's sections of --params-file, parameter_overrides=) in this attribute;
+        # sections for other nodes are already filtered out. There is no public accessor.
+        overrides = {name: parameter.value for name, parameter
+                     in getattr(self, "_parameter_overrides", {}).items()}
+        for name in overrides:
+            # rclpy's own parameters (use_sim_time, start_type_description_service) are
+            # declared by now; qos_overrides.* are a ROS mechanism of their own.
+            if (name not in P.SPECS and not self.has_parameter(name)
+                    and not name.startswith("qos_overrides.")):
+                raise P.ParameterError(P.unknown_name_message(name))
+        values = P.validate({k: v for k, v in overrides.items() if k in P.SPECS})
+        for spec in P.PARAMETERS:
+            self.declare_parameter(spec.name, values[spec.name], _descriptor(spec),
+                                   ignore_override=True)
+        return values
 
     def _output(self, topic: str):
         return self.create_publisher(
@@ -123,9 +156,22 @@ class MatchNode(Node):
 
     def _image_subscription(self, topic: str, callback):
         if self.values["image_transport"] == "compressed":
-            return self.create_subscription(CompressedImage, f"{topic}/compressed", callback,
-                                            qos_profile_sensor_data)
+            return self.create_subscription(CompressedImage, self.compressed_topic(topic),
+                                            callback, qos_profile_sensor_data)
         return self.create_subscription(Image, topic, callback, qos_profile_sensor_data)
+
+    def compressed_topic(self, base: str) -> str:
+        """The compressed stream of the image topic `base`, as image_transport finds it.
+
+        image_transport subscribes to '<base, remapped>/compressed', so `-r image:=/cam/raw`
+        moves the compressed subscription to /cam/raw/compressed too. An explicit remapping
+        of '<base>/compressed' (which the launch files also pass) still takes precedence.
+        """
+        own = f"{base}/compressed"
+        explicit = self.resolve_topic_name(own)
+        if explicit != self.resolve_topic_name(own, only_expand=True):
+            return explicit
+        return self.resolve_topic_name(base).rstrip("/") + "/compressed"
 
     def _create_io(self) -> None:
         self.publisher = self._output("correspondences")
@@ -139,32 +185,57 @@ class MatchNode(Node):
         with self._lock:
             self.counters.received += 1
         if self._slot.put((msg, time.monotonic())):
-            with self._lock:
-                self.counters.dropped_stale += 1
-                self.counters.unpublished_drops += 1
-            self.stats.dropped()
+            self._count_superseded()
 
-    def _on_set_parameters(self, parameters: list) -> SetParametersResult:
-        changes = {}
+    def _count_superseded(self) -> None:
+        with self._lock:
+            self.counters.superseded += 1
+            self.counters.unpublished_drops += 1
+        self.stats.superseded()
+
+    def _on_pre_set_parameters(self, parameters: list[Parameter]) -> list[Parameter]:
+        """`ros2 param set ... latency_budget_ms 100` sends an integer; rclpy would refuse it
+        for a float parameter, so it becomes the float it obviously means."""
+        converted = []
         for parameter in parameters:
             spec = P.SPECS.get(parameter.name)
-            if spec is None:
-                continue  # e.g. use_sim_time, handled by rclpy
-            try:
-                changes[parameter.name] = spec.validate(parameter.value)
-            except P.ParameterError as error:
-                return SetParametersResult(successful=False, reason=str(error))
-        with self._lock:
-            self._pending.update(changes)
+            if (spec is not None and spec.type is float
+                    and parameter.type_ == Parameter.Type.INTEGER):
+                parameter = Parameter(parameter.name, value=float(parameter.value))
+            converted.append(parameter)
+        return converted
+
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Accept a change only if every value is valid and all values still fit together.
+
+        The combined check runs on the current values with the changes still pending and
+        the requested ones applied, so nothing accepted here can fail later in the worker;
+        a refused request changes nothing and says why.
+        """
+        try:
+            changes = {parameter.name: P.SPECS[parameter.name].validate(parameter.value)
+                       for parameter in parameters if parameter.name in P.SPECS}
+            if not changes:
+                return SetParametersResult(successful=True)  # e.g. use_sim_time: rclpy's
+            with self._lock:
+                P.check_combined({**self.values, **self._pending, **changes})
+                self._pending.update(changes)
+        except P.ParameterError as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        except Exception as error:  # noqa: BLE001 - a parameter service must answer
+            return SetParametersResult(successful=False,
+                                       reason=f"refused: {type(error).__name__}: {error}")
         return SetParametersResult(successful=True)
 
     # --- worker side -------------------------------------------------------------------------
     def _apply_pending(self) -> None:
         with self._lock:
+            # Swap and merge under one lock: the set-parameters callback checks requests
+            # against values + pending, so an accepted change must always be in one of them.
             pending, self._pending = self._pending, {}
+            self.values.update(pending)
         if not pending:
             return
-        self.values.update(pending)
         pipeline_changes = {k: v for k, v in pending.items() if P.SPECS[k].scope == "pipeline"}
         if pipeline_changes:
             self.pipeline.update(**pipeline_changes)
@@ -172,28 +243,63 @@ class MatchNode(Node):
         self.get_logger().info(f"parameters changed: {pending}")
 
     def _run_worker(self) -> None:
-        while not self._slot.closed:
-            item = self._slot.take(timeout=0.1)
-            if item is None:
-                continue
-            self._apply_pending()
-            try:
-                self._process(*item)
-            except Exception as error:  # noqa: BLE001 - the node must survive any frame
-                self._count_error(error)
+        """Take frames until the node is destroyed; no frame and no parameter can end it.
 
-    def _count_error(self, error: Exception) -> None:
+        Every Exception in the loop body is counted, logged in one line and the loop goes
+        on. During shutdown (Ctrl-C) publishing fails because the context is gone: the
+        worker then ends quietly. Only a BaseException that is not an Exception can stop it
+        otherwise; diagnostics then report ERROR "worker stopped".
+        """
+        try:
+            while not self._slot.closed:
+                try:
+                    self._worker_step()
+                except Exception as error:  # noqa: BLE001 - the node must survive any frame
+                    if self._shutting_down():
+                        break
+                    try:
+                        self._count_error(error)
+                    except Exception:  # noqa: BLE001 - not even counting may end the loop
+                        pass
+        except BaseException as error:
+            self._worker_stopped = f"{type(error).__name__}: {error}"
+            raise
+        finally:
+            if self._worker_stopped is None and not self._shutting_down():
+                self._worker_stopped = "ended"
+
+    def _worker_step(self) -> None:
+        item = self._slot.take(timeout=0.1)
+        try:
+            # Also while idle, so that changes take effect without waiting for a frame.
+            self._apply_pending()
+        except Exception as error:  # noqa: BLE001 - a parameter must not stop the worker
+            if self._shutting_down():
+                raise
+            self._count_error(error, "parameter change not applied", frame_lost=False)
+        if item is not None:
+            self._process(*item)
+
+    def _shutting_down(self) -> bool:
+        return self._slot.closed or not self.context.ok()
+
+    def _count_error(self, error: Exception, what: str = "frame failed and was dropped",
+                     frame_lost: bool = True) -> None:
         with self._lock:
             self.counters.errors += 1
-            self.counters.unpublished_drops += 1
+            self.counters.unpublished_drops += int(frame_lost)
         self.stats.error()
         self._last_error = f"{type(error).__name__}: {error}"
         if "out of memory" in str(error).lower():
-            import torch
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        self.get_logger().error(f"frame failed and was dropped: {self._last_error}\n"
-                                + traceback.format_exc(limit=3), throttle_duration_sec=5.0)
+            try:
+                import torch
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except Exception:  # noqa: BLE001 - freeing memory is best effort
+                pass
+        # One line for the operator; the traceback at debug level for the developer.
+        self.get_logger().error(f"{what}: {self._last_error}", throttle_duration_sec=5.0)
+        self.get_logger().debug(traceback.format_exc(limit=5))
 
     def _drop(self, counter: str, reason: str) -> None:
         with self._lock:
@@ -207,7 +313,7 @@ class MatchNode(Node):
         limit = self.values["max_input_pixels"]
         if isinstance(msg, Image) and msg.height * msg.width > limit:
             raise ImageError(f"{msg.width}x{msg.height} image exceeds max_input_pixels={limit}")
-        image = image_to_array(msg)
+        image = image_to_array(msg, max_pixels=limit)
         if image.shape[0] * image.shape[1] > limit:
             raise ImageError(f"{image.shape[1]}x{image.shape[0]} image exceeds "
                              f"max_input_pixels={limit}")
@@ -292,35 +398,24 @@ class MatchNode(Node):
         with self._lock:
             counters = Counters(**vars(self.counters))
         summary = self.stats.summary(self.pipeline.num_layers)
-        v = self.values
         budget = self.pipeline.budget
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: matching",
                                   hardware_id=str(self.pipeline.device))
-        failed_rate = summary["drop_rate"] + summary["error_rate"]
-        problems: list[tuple[int, str]] = []
-        if budget.enabled and summary["budget_miss_rate"] >= v["diagnostics_miss_error"]:
-            problems.append((DiagnosticStatus.ERROR, f"{summary['budget_miss_rate']:.0%} of frames over the "
-                             f"{budget.budget_ms:.0f} ms budget"))
-        elif budget.enabled and summary["budget_miss_rate"] >= v["diagnostics_miss_warn"]:
-            problems.append((DiagnosticStatus.WARN, f"{summary['budget_miss_rate']:.0%} of frames over the "
-                             f"{budget.budget_ms:.0f} ms budget"))
-        if failed_rate >= v["diagnostics_drop_error"]:
-            problems.append((DiagnosticStatus.ERROR, f"{failed_rate:.0%} of frames dropped or failed"))
-        elif summary["drop_rate"] >= v["diagnostics_drop_warn"]:
-            problems.append((DiagnosticStatus.WARN, f"{summary['drop_rate']:.0%} of frames dropped"))
-        if summary["error_rate"] > 0:
-            problems.append((DiagnosticStatus.WARN, f"inference errors: {self._last_error}"))
-        if self.pipeline.device_warning:
-            problems.append((DiagnosticStatus.WARN, self.pipeline.device_warning))
-        if problems:
-            status.level = bytes([max(level[0] for level, _ in problems)])
-            status.message = "; ".join(text for _, text in problems)
-        else:
-            status.level = DiagnosticStatus.OK
-            status.message = "waiting for images" if counters.received == 0 else "matching"
+        worker_stopped = self._worker_stopped
+        if worker_stopped is None and not self._worker.is_alive() and not self._slot.closed:
+            worker_stopped = "ended"  # cannot happen by design; reported if it ever does
+        level, message = assess_health(
+            summary, self.values, budget_ms=budget.budget_ms if budget.enabled else 0.0,
+            received=counters.received, last_error=self._last_error,
+            worker_stopped=worker_stopped, warnings=[self.pipeline.device_warning])
+        status.level = bytes([level])  # runtime's OK/WARN/ERROR are DiagnosticStatus's bytes
+        status.message = message
         settings = budget.settings()
         values = {**{k: v for k, v in vars(counters).items() if k != "unpublished_drops"},
-                  "dropped": counters.dropped(), **summary,
+                  "failed": counters.failed(), **summary,
+                  "expected_rate_hz": self.values["expected_rate_hz"],
+                  "worker": "stopped" if worker_stopped is not None else "running",
+                  "last_error": self._last_error,
                   "latency_budget_ms": budget.budget_ms, "budget_percentile": budget.percentile,
                   "keypoint_cap": settings.max_keypoints,
                   "extraction_max_side": settings.max_image_side or "full",
@@ -335,34 +430,121 @@ class MatchNode(Node):
         return {}
 
     def _publish_diagnostics(self) -> None:
-        array = DiagnosticArray(status=[self.diagnostic_status()])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_publisher.publish(array)
+        try:
+            array = DiagnosticArray(status=[self.diagnostic_status()])
+            array.header.stamp = self.get_clock().now().to_msg()
+            self.diagnostics_publisher.publish(array)
+        except Exception as error:  # noqa: BLE001 - an exception here would end rclpy.spin
+            if self.context.ok():
+                self.get_logger().error(f"diagnostics failed: {type(error).__name__}: {error}",
+                                        throttle_duration_sec=10.0)
 
     def destroy_node(self) -> None:
-        self._slot.close()
-        if self._worker.is_alive():
-            self._worker.join(timeout=10.0)
+        # Safe on a node whose constructor failed half-way (rclpy's context destroys every
+        # node it tracks at shutdown, constructed or not) and when called twice.
+        slot = getattr(self, "_slot", None)
+        if slot is not None:
+            slot.close()
+        worker = getattr(self, "_worker", None)
+        if worker is not None and worker.is_alive() and worker is not threading.current_thread():
+            # The frame in progress finishes, or fails quietly on the closed context. Only
+            # then are the publishers destroyed: destroying them under a running worker
+            # made the interpreter abort at exit.
+            worker.join(timeout=10.0)
         super().destroy_node()
 
 
+def _fatal(message: str) -> int:
+    # Configuration errors are the user's to fix: one clear line, no traceback, exit code 2.
+    print(f"[match_node] fatal: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _init_rclpy(args: list[str] | None) -> None:
+    """rclpy.init without rcl's extra "[ERROR] [rcl]: Failed to parse global arguments" line.
+
+    On bad --ros-args rcl logs that line to stderr and then raises an RCLError saying what
+    was wrong; main prints the latter as the one line. Everything else rcl writes while
+    initialising (e.g. a warning about the namespace) is passed on.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to hold back (a daemon): nothing to tidy either
+        rclpy.init(args=args)
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            rclpy.init(args=args)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode(errors="replace").splitlines(keepends=True):
+                if "Failed to parse global arguments" not in line:
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def _rcl_message(error: Exception) -> str:
+    # rcl appends the C source location of each error (", at /project/src/...c:415").
+    return re.sub(r",? at /\S+:\d+", "", " ".join(str(error).split()))
+
+
 def main(args: list[str] | None = None, node_class: type[MatchNode] = MatchNode) -> int:
-    rclpy.init(args=args)
     node = None
     try:
-        node = node_class()
-        rclpy.spin(node)
-    except (P.ParameterError, WeightsError) as error:
-        # Configuration errors are the user's to fix: one clear line, no traceback.
-        print(f"[match_node] fatal: {error}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        try:
+            _init_rclpy(args)
+            node = node_class()
+        except (P.ParameterError, WeightsError) as error:
+            return _fatal(str(error))
+        except ParameterException as error:
+            return _fatal(f"parameter: {error}")  # rclpy's own checks, should ours miss one
+        except _rclpy.RCLError as error:
+            # Bad --ros-args: unreadable --params-file, malformed remapping, bad name.
+            return _fatal(f"bad ROS arguments: {_rcl_message(error)}")
+        except (KeyboardInterrupt, ExternalShutdownException):
+            return 0  # Ctrl-C while loading the models
+        except Exception as error:  # noqa: BLE001 - start-up: one line instead of a traceback
+            if os.environ.get("MATCH_NODE_DEBUG"):
+                traceback.print_exc()
+            return _fatal(f"start-up failed: {type(error).__name__}: {error} "
+                          "(MATCH_NODE_DEBUG=1 shows the traceback)")
+        try:
+            rclpy.spin(node)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass  # Ctrl-C: the worker notices the context is gone and ends quietly
+        return 0
     finally:
+        _shut_down(node)
+
+
+def _shut_down(node: MatchNode | None) -> None:
+    try:
         if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+            node.destroy_node()  # waits for the frame in progress
+        rclpy.try_shutdown()  # also restores Python's own SIGINT handler
+        # Finalising an interpreter that loaded torch takes a moment; a Ctrl-C in it would
+        # kill the process by the signal (exit -2) instead of ending it cleanly.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:
+        _leave_now()  # a second Ctrl-C: the user wants out without waiting for the frame
+    worker = getattr(node, "_worker", None)
+    if worker is not None and worker.is_alive():
+        _leave_now()  # a frame outlasted the wait
+
+
+def _leave_now() -> None:
+    # The worker may still be inside torch, and the node not destroyed. Finalising the
+    # interpreter under a running daemon thread in C++ code aborts ("terminate called
+    # without an active exception", exit -6), so leave without finalising. The output
+    # streams are flushed; DDS peers notice the participant is gone.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -70,10 +70,7 @@ class StereoMatchNode(MatchNode):
         for _ in range(unpaired):
             self.stats.dropped()
         if pair is not None and self._slot.put(((pair[1], pair[2]), time.monotonic())):
-            with self._lock:
-                self.counters.dropped_stale += 1
-                self.counters.unpublished_drops += 1
-            self.stats.dropped()
+            self._count_superseded()
 
     # --- worker side --------------------------------------------------------------------------
     def _process(self, pair: tuple[Image | CompressedImage, Image | CompressedImage],
