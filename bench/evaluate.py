@@ -75,15 +75,17 @@ def pairs(photos: tuple[str, ...] = PHOTOS) -> list[dict]:
     return result
 
 
-def corner_error(homography: np.ndarray, k0: np.ndarray, k1: np.ndarray) -> float:
-    """Mean distance of the image corners mapped by the estimated and the true homography."""
+def corner_error(homography: np.ndarray, k0: np.ndarray, k1: np.ndarray,
+                 size: tuple[int, int] = SIZE) -> float:
+    """Mean distance of the image corners (of an image of `size`) mapped by the estimated and
+    the true homography."""
     if len(k0) < 4:
         return float("inf")
     estimate, _ = cv2.findHomography(k0.astype(np.float64), k1.astype(np.float64),
                                      cv2.USAC_MAGSAC, 3.0, confidence=0.9999, maxIters=10000)
     if estimate is None:
         return float("inf")
-    w, h = SIZE
+    w, h = size
     corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
     return float(np.mean(reprojection_errors(estimate, corners,
                                              cv2.perspectiveTransform(corners[None], homography)[0])))
@@ -213,7 +215,9 @@ class Method:
 
 
 def method_table(args: argparse.Namespace) -> list[Method]:
-    base = {"device": args.device, "allow_download": False, "refine": args.refine}
+    # matcher 'lightglue' explicitly: the rows name their matcher ('auto' is the default).
+    base = {"device": args.device, "allow_download": False, "refine": args.refine,
+            "matcher": "lightglue"}
     sp = {"extractor": "superpoint", "extractor_weights": args.superpoint_weights}
     loftr = {"loftr_weights": args.loftr_weights, "loftr_model": args.loftr_model}
     return [

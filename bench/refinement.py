@@ -40,7 +40,7 @@ def main() -> None:
              "| extractor | set | refine | AUC@1px | AUC@3px | AUC@5px | precision | correct "
              "| refined | median ms |", "|---|---|---|---|---|---|---|---|---|---|"]
     for extractor in args.extractors.split(","):
-        pipeline = Pipeline(device="cpu", extractor=extractor, refine="none",
+        pipeline = Pipeline(device="cpu", extractor=extractor, refine="none", matcher="lightglue",
                             allow_download=False)
         matched = [(p, pipeline.match(p["image0"], p["image1"]), to_gray(p["image0"]),
                     to_gray(p["image1"])) for p in data]

@@ -11,8 +11,9 @@ one family never loads the code of the others.
 
 Matchers: 'lightglue' (the extractor's LightGlue, LighterGlue for XFeat), 'superglue'
 (SuperPoint only: it was trained on SuperPoint descriptors), 'nn' (mutual nearest neighbour
-with the ratio test, any extractor), 'loftr' (detector-free) and 'auto' (LightGlue, LoFTR while
-the scene is textureless).
+with the ratio test, any extractor), 'loftr' (detector-free) and 'auto' (LightGlue; while the
+scene is textureless, LoFTR when its file is available, else SIFT on contrast-normalised images
+with nearest neighbours).
 
 Which combinations work is decided here, once (`combination_problem`), from the descriptor
 size each extractor gives and the one each matcher's official weights take: aliked-t16 gives

@@ -7,6 +7,7 @@ documentation and validation cannot drift apart. No ROS imports here.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -65,10 +66,18 @@ class ParamSpec:
                 f"parameter '{self.name}' must be one of {', '.join(map(str, self.choices))}; "
                 f"got {value!r}")
         if self.min is not None and value < self.min:
-            raise ParameterError(f"parameter '{self.name}' must be >= {self.min}, got {value!r}")
+            raise ParameterError(f"parameter '{self.name}' must be >= {self.min}{self._range()}, "
+                                 f"got {value!r}")
         if self.max is not None and value > self.max:
-            raise ParameterError(f"parameter '{self.name}' must be <= {self.max}, got {value!r}")
+            raise ParameterError(f"parameter '{self.name}' must be <= {self.max}{self._range()}, "
+                                 f"got {value!r}")
         return value
+
+    def _range(self) -> str:
+        # The whole range in the message, so one correction is enough.
+        if self.min is None or self.max is None:
+            return ""
+        return f" (allowed {self.min}..{self.max})"
 
     def parse(self, text: str) -> Any:
         """Parse a command-line string (`--set name=value`) into this parameter's type."""
@@ -125,12 +134,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "are reported in original pixels); 0 disables resizing.", min=0, max=8192,
               read_only=False),
     # --- matcher ----------------------------------------------------------------------------
-    ParamSpec("matcher", "lightglue",
+    ParamSpec("matcher", "auto",
               "Matcher: 'lightglue' (the extractor's LightGlue; LighterGlue for xfeat), "
               "'superglue' (extractor superpoint only), 'nn' (mutual nearest neighbour with "
               "the ratio test), 'loftr' (detector-free, for textureless scenes) or 'auto' "
-              "(LightGlue, switching to LoFTR while the scene is textureless; both models "
-              "stay loaded).", choices=MATCHERS),
+              "(LightGlue, switching while the scene is textureless to LoFTR when its file is "
+              "given or found, otherwise to SIFT on contrast-normalised images with nearest "
+              "neighbours; both paths stay loaded).", choices=MATCHERS),
     ParamSpec("matcher_weights", "",
               "Path of the matcher checkpoint; empty resolves the official file by name."),
     ParamSpec("depth_confidence", 0.95,
@@ -216,6 +226,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("texture_switch_frames", 2,
               "auto: consecutive frames that must agree before the matcher switches.",
               min=1, max=1000, read_only=False),
+    ParamSpec("texture_min_matches", 20,
+              "auto: a frame the keypoint matcher leaves with fewer matches than this is "
+              "matched on the textureless path too, and the result with more matches is "
+              "published (the first textureless frames, before the switch); 0 disables.",
+              min=0, max=100000, read_only=False),
     ParamSpec("allow_download", True,
               "Download missing official weights from their official URL into the torch hub "
               "cache."),
@@ -229,8 +244,18 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               min=1, max=1 << 30, scope="node", read_only=False),
     ParamSpec("on_stamp_backwards", "reset",
               "A frame whose stamp is not newer than the previous one: 'reset' restarts tracking "
-              "at it (bag loops, time jumps), 'drop' discards it.",
+              "at it (bag loops, time jumps), 'drop' discards it. A step back of more than "
+              "max_stamp_jump_s always restarts tracking.",
               choices=("reset", "drop"), scope="node", read_only=False),
+    # Pipeline scope although only streams use it: SequentialMatcher reads it from its
+    # Pipeline, so the mono and stereo nodes, the offline runner and the Python API all
+    # honour it, run-time changes included, without passing it around.
+    ParamSpec("max_stamp_jump_s", 10.0,
+              "A frame whose stamp differs from the previous frame's by more than this many "
+              "seconds, forwards or backwards, restarts tracking (a bogus stamp, a clock "
+              "jump, a bag loop, a long pause): with on_stamp_backwards 'drop' one far-future "
+              "stamp would otherwise make every later frame look old. 0 disables the check.",
+              min=0.0, max=86400.0, read_only=False),
     ParamSpec("output_queue_depth", 10, "Depth of the reliable correspondences publisher.",
               min=1, max=1000, scope="node"),
     ParamSpec("stereo_slop_ms", 0.0,
@@ -250,12 +275,30 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("diagnostics_miss_error", 0.25,
               "Diagnostics ERROR when this share of recent frames missed the latency budget.",
               min=0.0, max=1.0, scope="node", read_only=False),
+    # Failures and superseded frames are judged apart: a node slower than its camera skips
+    # most frames by design (the one-slot buffer), which is no fault; a frame the node took
+    # and could not use is one.
     ParamSpec("diagnostics_drop_warn", 0.2,
-              "Diagnostics WARN when this share of recent frames was dropped (stale or invalid).",
+              "Diagnostics WARN when this share of the recent frames the node took failed "
+              "(invalid input, stamp policy, unpaired stereo image, error). Superseded frames "
+              "(replaced by a newer one before the node was free) are not failures.",
               min=0.0, max=1.0, scope="node", read_only=False),
     ParamSpec("diagnostics_drop_error", 0.6,
-              "Diagnostics ERROR when this share of recent frames was dropped or failed.",
+              "Diagnostics ERROR when this share of the recent frames the node took failed.",
               min=0.0, max=1.0, scope="node", read_only=False),
+    ParamSpec("expected_rate_hz", 0.0,
+              "Publish rate the consumers need; diagnostics compare the achieved rate with it "
+              "(see diagnostics_rate_warn, diagnostics_rate_error). 0 = not checked.",
+              min=0.0, max=1000.0, scope="node", read_only=False),
+    # 0.8 and 0.5: a VO consumer tolerates a somewhat slower stream, but below half the
+    # expected rate the motion between frames doubles and tracking is at risk. The achieved
+    # rate is measured over recent frames, so jitter of a few percent stays below 0.8.
+    ParamSpec("diagnostics_rate_warn", 0.8,
+              "Diagnostics WARN when the achieved publish rate is below this share of "
+              "expected_rate_hz.", min=0.0, max=1.0, scope="node", read_only=False),
+    ParamSpec("diagnostics_rate_error", 0.5,
+              "Diagnostics ERROR when the achieved publish rate is below this share of "
+              "expected_rate_hz.", min=0.0, max=1.0, scope="node", read_only=False),
 )
 
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
@@ -276,19 +319,53 @@ def validate(values: Mapping[str, Any], scope: str | None = None) -> dict[str, A
     merged = defaults(scope)
     for name, value in values.items():
         if name not in allowed:
-            raise ParameterError(
-                f"unknown parameter '{name}'; known: {', '.join(sorted(allowed))}")
+            raise ParameterError(unknown_name_message(name, allowed))
         merged[name] = SPECS[name].validate(value)
+    check_combined(merged)
+    return merged
+
+
+def check_combined(values: Mapping[str, Any]) -> None:
+    """Raise ParameterError when values that are each valid do not fit together.
+
+    The one check of constraints between parameters: start-up validation runs it on the
+    merged values, and the node's set-parameters callback on the current values with the
+    pending and requested changes applied, so a change that breaks a constraint is refused
+    with this reason instead of failing later in the worker. Names missing from `values`
+    are not checked (the API validates one scope at a time).
+    """
     for low, high in (("texture_low_keypoints", "texture_high_keypoints"),
                       ("texture_low_coverage", "texture_high_coverage")):
-        if low in merged and high in merged and merged[high] < merged[low]:
-            raise ParameterError(f"parameter '{high}' ({merged[high]}) must not be below "
-                                 f"'{low}' ({merged[low]}): the switch would flap")
-    device = merged.get("device")
+        if low in values and high in values and values[high] < values[low]:
+            raise ParameterError(f"parameter '{high}' ({values[high]}) must not be below "
+                                 f"'{low}' ({values[low]}): the switch would flap")
+    if "extractor" in values and "matcher" in values:
+        # Refused at start-up, not on the first frame: a pair that cannot work fails every
+        # frame. families.py holds the facts (descriptor sizes the weights give and take).
+        from .families import combination_problem  # imported late: it pulls in torch
+        problem = combination_problem(values["extractor"], values["matcher"])
+        if problem is not None:
+            raise ParameterError(problem)
+    device = values.get("device")
     if device is not None and not _is_device_string(device):
         raise ParameterError(
             f"parameter 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
-    return merged
+
+
+def nearest_name(name: str, candidates: Iterable[str] | None = None) -> str | None:
+    """The known parameter name closest to a misspelt `name`, or None when none is close."""
+    names = list(SPECS) if candidates is None else list(candidates)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unknown_name_message(name: str, candidates: Iterable[str] | None = None) -> str:
+    """One line for an unknown parameter name, with the nearest known name when there is one."""
+    names = sorted(SPECS if candidates is None else candidates)
+    suggestion = nearest_name(name, names)
+    if suggestion is not None:
+        return f"unknown parameter '{name}': did you mean '{suggestion}'?"
+    return f"unknown parameter '{name}'; known: {', '.join(names)}"
 
 
 def _is_device_string(text: str) -> bool:
@@ -307,7 +384,7 @@ def parse_assignments(assignments: Iterable[str]) -> dict[str, Any]:
         if not sep:
             raise ParameterError(f"--set expects name=value, got {item!r}")
         if name not in SPECS:
-            raise ParameterError(f"unknown parameter '{name}'")
+            raise ParameterError(unknown_name_message(name))
         values[name] = SPECS[name].parse(text)
     return values
 

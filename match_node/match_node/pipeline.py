@@ -31,7 +31,8 @@ from .models.lightglue import (EXIT_CONFIDENCE, EXIT_FULL_DEPTH, EXIT_NO_KEYPOIN
 from .models.loftr import LoFTR
 from .models.nearest import NearestNeighbor
 from .refine import refine_matches, to_gray
-from .texture import MatcherSwitch, Texture, measure_texture
+from .texture import (TEXTURELESS_LOFTR, TEXTURELESS_SIFT, MatcherSwitch, Texture,
+                      contrast_normalise, epipolar_inliers, measure_texture)
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,14 @@ class Pipeline:
         self.matcher.eval().to(self.device)
         self.loftr: LoFTR | None = None
         self.loftr_weights = None
-        if self.matcher_name in ("loftr", "auto"):
+        # matcher 'auto': what matches textureless frames (see texture.py), and why; the
+        # node logs `textureless_note` once at start-up.
+        self.textureless_path: str | None = None
+        self.textureless_note: str | None = None
+        self.sift: torch.nn.Module | None = None
+        self.sift_matcher: NearestNeighbor | None = None
+        if self.matcher_name == "loftr" or (self.matcher_name == "auto"
+                                            and self._loftr_file_available()):
             # Both models stay loaded in auto mode, so a switch costs no load time.
             self.loftr = LoFTR(model_name=self.params["loftr_model"])
             self.loftr_weights = weights.load_checkpoint(
@@ -152,6 +160,26 @@ class Pipeline:
                 self.params["loftr_weights"], self.params["allow_download"],
                 rename=LoFTR.rename_official_keys)
             self.loftr.eval().to(self.device)
+            if self.matcher_name == "auto":
+                self.textureless_path = TEXTURELESS_LOFTR
+                self.textureless_note = (
+                    f"matcher auto: textureless frames are matched by LoFTR "
+                    f"({self.params['loftr_model']}, {self.loftr_weights})")
+        elif self.matcher_name == "auto":
+            # No LoFTR file: SIFT on contrast-normalised images + nearest neighbours, the
+            # best path measured with the files this project loads offline
+            # (bench/lowtexture.py). It needs no weights, so it is always there.
+            self.textureless_path = TEXTURELESS_SIFT
+            self.sift = families.EXTRACTOR_FAMILIES["sift"].build().eval()
+            self.sift_matcher = NearestNeighbor(ratio=self.params["nn_ratio"]).eval()
+            checkpoint = weights.CHECKPOINTS[self.params["loftr_model"]]
+            self.textureless_note = (
+                f"matcher auto: textureless frames are matched by SIFT on contrast-normalised "
+                f"images + nearest neighbours ({TEXTURELESS_SIFT}), because no LoFTR file is "
+                f"available (loftr_weights is empty and {checkpoint.file_name} is not in "
+                f"{weights.hub_checkpoint_dir()}); give loftr_weights to use LoFTR instead")
+        if self.textureless_note:
+            log.info(self.textureless_note)
         self.budget = LatencyBudget(clock=self._clock)
         self._calibrated = False
         self._refine_ms_per_match = 0.0
@@ -159,6 +187,18 @@ class Pipeline:
         # with exit_guard 0.5 a first exit is refused below 10% of the keypoints.
         self._match_ratio = 0.2
         self._apply_runtime_params()
+
+    def _loftr_file_available(self) -> bool:
+        """matcher 'auto': whether a LoFTR file is given or found (then LoFTR serves textureless
+        frames; a given file that is missing or wrong stops the pipeline as for any weights)."""
+        if self.params["loftr_weights"]:
+            return True
+        try:
+            weights.resolve(weights.CHECKPOINTS[self.params["loftr_model"]], "",
+                            allow_download=False)
+        except weights.WeightsNotFoundError:
+            return False
+        return True
 
     def _build_matcher(self) -> tuple[torch.nn.Module, Path | None]:
         p = self.params
@@ -234,6 +274,8 @@ class Pipeline:
             self.matcher.conf.update(ratio=p["nn_ratio"])
         if self.loftr is not None:
             self.loftr.conf["match_threshold"] = p["loftr_threshold"]
+        if self.sift_matcher is not None:
+            self.sift_matcher.conf.update(ratio=p["nn_ratio"])
         self.budget.detection_threshold = self.detection_threshold
         self.budget.configure(p["latency_budget_ms"], p["budget_percentile"],
                               p["min_keypoints"], p["max_keypoints"], p["min_image_side"],
@@ -430,6 +472,58 @@ class Pipeline:
             latency_budget_ms=self.budget.budget_ms, keypoint_cap=0,
             extraction_scale=features1.scale[0])
 
+    # --- the SIFT textureless path of matcher 'auto' ----------------------------------------
+    @torch.no_grad()
+    def extract_textureless(self, image: np.ndarray) -> Features:
+        """SIFT keypoints (LightGlue's SIFT settings, at most `max_keypoints`) of the image
+        after contrast normalisation (CLAHE, see texture.py), at up to `max_image_side`."""
+        if self.sift is None:
+            raise RuntimeError("the SIFT textureless path is loaded by matcher 'auto' when no "
+                               "LoFTR file is available")
+        cap = self.params["max_keypoints"]
+        start = self._clock()
+        gray = contrast_normalise(to_gray(image))
+        prepared = prepare(gray, self.device, self.params["max_image_side"])
+        after_preprocess = self._clock()
+        _update_known(self.sift.conf, max_num_keypoints=cap)
+        out = self.sift(prepared.tensor)
+        keypoints = prepared.to_original(out["keypoints"][0].float())
+        features = Features(keypoints, out["descriptors"][0].float(),
+                            out["keypoint_scores"][0].float(), prepared.original_size)
+        end = self._clock()
+        features.preprocess_ms = after_preprocess - start
+        features.extract_ms = end - after_preprocess
+        features.working_size = (int(prepared.tensor.shape[-1]), int(prepared.tensor.shape[-2]))
+        features.keypoint_cap = cap
+        return features
+
+    @torch.no_grad()
+    def match_textureless(self, features0: Features, features1: Features) -> MatchResult:
+        """Mutual nearest neighbours with the ratio test (`nn_ratio`), then the epipolar
+        check (see texture.py); not refined here (see refine_result)."""
+        start = self._clock()
+        out = self.sift_matcher(features0.descriptors, features1.descriptors)
+        matches = out.matches.cpu().numpy().reshape(-1, 2)
+        scores = out.scores.float().cpu().numpy()
+        kpts0 = features0.keypoints.cpu().numpy()[matches[:, 0]]
+        kpts1 = features1.keypoints.cpu().numpy()[matches[:, 1]]
+        keep = epipolar_inliers(kpts0, kpts1)
+        matches, scores, kpts0, kpts1 = matches[keep], scores[keep], kpts0[keep], kpts1[keep]
+        match_ms = self._clock() - start
+        return MatchResult(
+            keypoints0=kpts0.astype(np.float32), keypoints1=kpts1.astype(np.float32),
+            scores=scores.astype(np.float32), indices0=matches[:, 0], indices1=matches[:, 1],
+            num_keypoints0=len(features0), num_keypoints1=len(features1),
+            image_size0=features0.image_size, image_size1=features1.image_size,
+            exit_layer=0, num_layers=0, exit_reason=out.exit_reason,
+            kept0=len(features0), kept1=len(features1),
+            timings={"preprocess_ms": features1.preprocess_ms,
+                     "extract_ms": features1.extract_ms, "match_ms": match_ms, "refine_ms": 0.0,
+                     "total_ms": features1.preprocess_ms + features1.extract_ms + match_ms},
+            extractor=TEXTURELESS_SIFT.split("+")[0], matcher="nn",
+            latency_budget_ms=self.budget.budget_ms, keypoint_cap=features1.keypoint_cap,
+            extraction_scale=features1.working_size[0] / max(features1.image_size[0], 1))
+
     # --- sub-pixel refinement -------------------------------------------------------------
     @property
     def refining(self) -> bool:
@@ -463,19 +557,32 @@ class Pipeline:
     def texture(self, features: Features) -> Texture:
         """How much texture the extractor found in a frame (see texture.py)."""
         return measure_texture(features.keypoints.cpu().numpy(), features.scores.cpu().numpy(),
-                               features.image_size, self.detection_threshold)
+                               features.image_size, self.detection_threshold,
+                               cap=features.keypoint_cap, working_size=features.working_size)
 
     def matcher_switch(self) -> MatcherSwitch:
         p = self.params
-        return MatcherSwitch(self.detector_matcher, "loftr", p["texture_low_keypoints"],
-                             p["texture_low_coverage"], p["texture_high_keypoints"],
-                             p["texture_high_coverage"], p["texture_switch_frames"])
+        return MatcherSwitch(self.detector_matcher, self.textureless_path or TEXTURELESS_LOFTR,
+                             p["texture_low_keypoints"], p["texture_low_coverage"],
+                             p["texture_high_keypoints"], p["texture_high_coverage"],
+                             p["texture_switch_frames"])
+
+    def rescues(self, result: MatchResult) -> bool:
+        """matcher 'auto': whether a keypoint-matcher result is too thin to publish as it is,
+        so the frame is matched on the textureless path too (the one with more matches is
+        kept). This covers the first textureless frames, before the switch has seen
+        `texture_switch_frames` of them, and frames whose texture measure is fooled."""
+        return (self.textureless_path is not None
+                and len(result) < self.params["texture_min_matches"])
 
     def match(self, image0: np.ndarray, image1: np.ndarray) -> MatchResult:
         """Extract both images and match them (image 0 is the reference).
 
-        With matcher 'auto' a single pair takes LoFTR when either image is textureless.
+        With matcher 'auto' a single pair takes the textureless path (LoFTR, or SIFT on
+        contrast-normalised images without a LoFTR file) when either image is textureless,
+        or when the keypoint matcher leaves it fewer than `texture_min_matches` matches.
         """
+        result = None
         if self.matcher_name != "loftr":
             features0, features1 = self.extract(image0), self.extract(image1)
             low = self.matcher_switch().low
@@ -484,9 +591,17 @@ class Pipeline:
                 result = _count_reference(self.match_features(features0, features1), features0)
                 if self.refining:
                     self.refine_result(result, to_gray(image0), to_gray(image1))
-                return result
-        loftr0, loftr1 = self.extract_loftr(image0), self.extract_loftr(image1)
-        return _count_reference(self.match_loftr(loftr0, loftr1), loftr0)
+                if not self.rescues(result):
+                    return result
+        if self.textureless_path == TEXTURELESS_SIFT:
+            sift0, sift1 = self.extract_textureless(image0), self.extract_textureless(image1)
+            other = _count_reference(self.match_textureless(sift0, sift1), sift0)
+            if self.refining:
+                self.refine_result(other, to_gray(image0), to_gray(image1))
+        else:
+            loftr0, loftr1 = self.extract_loftr(image0), self.extract_loftr(image1)
+            other = _count_reference(self.match_loftr(loftr0, loftr1), loftr0)
+        return other if result is None or len(other) > len(result) else result
 
 
 def _update_known(conf: dict[str, Any], **values: Any) -> None:
@@ -524,30 +639,41 @@ class Frame:
     matcher: str                          # the matcher chosen for this frame
     features: Features | None = None      # extractor keypoints (LightGlue, texture)
     loftr: LoftrFeatures | None = None    # computed when LoFTR needs this frame
+    sift: Features | None = None          # computed when the SIFT textureless path needs it
     gray: np.ndarray | None = None        # float gray image, kept for refinement
     # Keypoint positions after refinement (N x 2): where this frame was the current one its
     # matched keypoints moved; as the next pair's reference it reports the same positions.
     positions: np.ndarray | None = None
+    sift_positions: np.ndarray | None = None  # the same for its SIFT keypoints
 
 
 class SequentialMatcher:
     """Match each frame to the previous one, extracting every frame once, with track ids.
 
     Stamps are integers (ns). A frame whose stamp is not newer than the previous one is
-    dropped (`on_stamp_backwards="drop"`) or restarts tracking (`"reset"`); a frame of a new
-    size always restarts tracking (the camera changed: its intrinsics did too).
+    dropped (`on_stamp_backwards="drop"`) or restarts tracking (`"reset"`); a frame whose
+    stamp jumps by more than `max_stamp_jump_s` either way, and a frame of a new size (the
+    camera changed: its intrinsics did too), always restart tracking.
 
     With matcher 'auto' every frame's keypoints give its texture, and a MatcherSwitch (with
-    hysteresis) picks LightGlue or LoFTR for the pair it ends. LoFTR's backbone runs on the
-    previous frame too when it has not yet. Tracks restart when the matcher changes, because
-    the two matchers' keypoints are different points (LoFTR's are coarse grid cells).
+    hysteresis) picks LightGlue or the textureless path (LoFTR, or SIFT on contrast-normalised
+    images without a LoFTR file) for the pair it ends; the textureless path's features of the
+    previous frame are computed when it has none yet. A pair LightGlue leaves with fewer than
+    `texture_min_matches` matches is matched on the textureless path too, and the result
+    with more matches is published (so the first textureless frame, before the switch, is
+    not lost). Tracks restart when the matcher changes, because the two paths' keypoints are
+    different points (LoFTR's are coarse grid cells).
     """
 
-    def __init__(self, pipeline: Pipeline, on_stamp_backwards: str = "reset") -> None:
+    def __init__(self, pipeline: Pipeline, on_stamp_backwards: str = "reset",
+                 max_stamp_jump_s: float | None = None) -> None:
         if on_stamp_backwards not in ("reset", "drop"):
             raise P.ParameterError("on_stamp_backwards must be 'reset' or 'drop'")
         self.pipeline = pipeline
         self.on_stamp_backwards = on_stamp_backwards
+        # None: the pipeline's parameter, read at every frame so run-time changes apply.
+        self._max_stamp_jump_s = (None if max_stamp_jump_s is None
+                                  else P.SPECS["max_stamp_jump_s"].validate(max_stamp_jump_s))
         self.tracker = Tracker()
         self.switch = pipeline.matcher_switch()
         self.previous: Frame | None = None
@@ -560,11 +686,32 @@ class SequentialMatcher:
 
     @property
     def current_matcher(self) -> str:
-        """The matcher the stream is on (the keypoint matcher's name, or 'loftr')."""
+        """The matcher the stream is on (the keypoint matcher's name, 'loftr' or
+        'sift-clahe+nn')."""
         mode = self.pipeline.matcher_name
         if mode == "auto":
             return self.switch.current
         return "loftr" if mode == "loftr" else self.pipeline.detector_matcher
+
+    @property
+    def max_stamp_jump_s(self) -> float:
+        """Stamp difference (s, either way) beyond which tracking restarts; 0 = no limit."""
+        if self._max_stamp_jump_s is not None:
+            return self._max_stamp_jump_s
+        return float(self.pipeline.params.get("max_stamp_jump_s",
+                                              P.SPECS["max_stamp_jump_s"].default))
+
+    def _stamp_jump(self, stamp_ns: int) -> str | None:
+        """Why tracking must restart at a frame of this stamp (a jump beyond the limit)."""
+        limit = self.max_stamp_jump_s
+        if self.previous_stamp is None or limit <= 0:
+            return None
+        step = stamp_ns - self.previous_stamp
+        if abs(step) <= limit * 1e9:
+            return None
+        return (f"frame stamp {stamp_ns} ns jumped {'forwards' if step > 0 else 'backwards'} "
+                f"by {abs(step) / 1e9:.6g} s from the previous {self.previous_stamp} ns "
+                f"(more than max_stamp_jump_s={limit:g}); tracking restarts at this frame")
 
     def reset(self) -> None:
         self.previous = None
@@ -581,6 +728,12 @@ class SequentialMatcher:
         start = budget.clock() if started_ms is None else started_ms
         self.frame_index += 1
         index = self.frame_index
+        jump = self._stamp_jump(stamp_ns)
+        if jump is not None:
+            # Before the backwards policy: with 'drop', a far-future stamp would otherwise
+            # make every later (correct) frame look old and drop them all.
+            self._start(self._frame(image, start), stamp_ns)
+            return StreamEvent(None, None, index, restarted=True, note=jump)
         if self.previous_stamp is not None and stamp_ns <= self.previous_stamp:
             note = (f"frame stamp {stamp_ns} ns is not newer than the previous "
                     f"{self.previous_stamp} ns")
@@ -602,13 +755,10 @@ class SequentialMatcher:
             self._start(frame, stamp_ns)
             return StreamEvent(None, None, index, restarted=True, note=note)
 
-        if frame.matcher == "loftr":
+        if frame.matcher in (TEXTURELESS_LOFTR, TEXTURELESS_SIFT):
             match_start = budget.clock()
-            previous.loftr = previous.loftr or self.pipeline.extract_loftr(previous.image)
-            frame.loftr = self.pipeline.extract_loftr(image)
-            result = self.pipeline.match_loftr(previous.loftr, frame.loftr)
-            counts = (previous.loftr.num_cells, frame.loftr.num_cells)
-            if self._record is not None:  # LoFTR's time is not the extractor's nor overhead
+            result, counts = self._match_textureless(previous, frame, start)
+            if self._record is not None:  # its time is not the extractor's nor overhead
                 self._record.match_ms = budget.clock() - match_start
         else:
             result = self.pipeline.match_features(previous.features, frame.features,
@@ -618,6 +768,16 @@ class SequentialMatcher:
                 self._record.match_ms = result.timings["match_ms"]
             if self.pipeline.refining:
                 self._refine(previous, frame, result, start)
+            if self.pipeline.rescues(result):
+                # Too thin to publish (typically the first textureless frame, before the
+                # switch): the textureless path too, and the result with more matches.
+                match_start = budget.clock()
+                other, other_counts = self._match_textureless(previous, frame, start)
+                if self._record is not None:
+                    self._record.match_ms += budget.clock() - match_start
+                if len(other) > len(result):
+                    result, counts = other, other_counts
+                    frame.matcher = self.pipeline.textureless_path
         if self.tracker.space != frame.matcher:
             # Another matcher's keypoints are other points: their tracks start afresh.
             self.tracker.start(counts[0], space=frame.matcher)
@@ -636,10 +796,35 @@ class SequentialMatcher:
             event.note = "no keypoints in this frame (blank or textureless image)"
         return event
 
-    def _refine(self, previous: Frame, frame: Frame, result: MatchResult, start: float) -> None:
-        """Sub-pixel refinement of the pair's current keypoints, when it fits the budget."""
-        if previous.positions is not None:
-            result.keypoints0 = previous.positions[result.indices0].astype(np.float32)
+    def _match_textureless(self, previous: Frame, frame: Frame,
+                           start: float) -> tuple[MatchResult, tuple[int, int]]:
+        """Match the pair on matcher 'auto''s textureless path (LoFTR, or SIFT on
+        contrast-normalised images), computing what each frame lacks; returns the result and
+        the keypoint counts of both frames (the tracker's index spaces)."""
+        pipeline = self.pipeline
+        if pipeline.textureless_path == TEXTURELESS_SIFT:
+            if previous.sift is None:
+                previous.sift = pipeline.extract_textureless(previous.image)
+            if frame.sift is None:
+                frame.sift = pipeline.extract_textureless(frame.image)
+            result = pipeline.match_textureless(previous.sift, frame.sift)
+            if pipeline.refining:
+                self._refine(previous, frame, result, start, sift=True)
+            return result, (len(previous.sift), len(frame.sift))
+        if previous.loftr is None:
+            previous.loftr = pipeline.extract_loftr(previous.image)
+        if frame.loftr is None:
+            frame.loftr = pipeline.extract_loftr(frame.image)
+        result = pipeline.match_loftr(previous.loftr, frame.loftr)
+        return result, (previous.loftr.num_cells, frame.loftr.num_cells)
+
+    def _refine(self, previous: Frame, frame: Frame, result: MatchResult, start: float,
+                sift: bool = False) -> None:
+        """Sub-pixel refinement of the pair's current keypoints, when it fits the budget
+        (`sift`: of the SIFT textureless path's keypoints)."""
+        reference = previous.sift_positions if sift else previous.positions
+        if reference is not None:
+            result.keypoints0 = reference[result.indices0].astype(np.float32)
         if frame.gray is None:  # refinement was switched on at run time
             frame.gray = to_gray(frame.image)
         if not len(result) or previous.gray is None:
@@ -648,10 +833,14 @@ class SequentialMatcher:
             self.refine_skipped += 1
             return
         self.pipeline.refine_result(result, previous.gray, frame.gray)
-        positions = frame.features.keypoints.cpu().numpy().astype(np.float32)
+        features = frame.sift if sift else frame.features
+        positions = features.keypoints.cpu().numpy().astype(np.float32)
         refined = result.refined.astype(bool)
         positions[result.indices1[refined]] = result.keypoints1[refined]
-        frame.positions = positions
+        if sift:
+            frame.sift_positions = positions
+        else:
+            frame.positions = positions
 
     def _frame(self, image: np.ndarray, start: float) -> Frame:
         """Extract what every frame needs and choose its matcher."""

@@ -6,46 +6,75 @@ coarse grid holding at least one). Walls, floors, fog and night give few confide
 or keypoints bunched in one corner; both starve a detector-based matcher and its pose.
 
 `MatcherSwitch` turns the measure into a decision with hysteresis: it switches to the
-detector-free matcher after `switch_frames` consecutive textureless frames and back after as
+textureless path after `switch_frames` consecutive textureless frames and back after as
 many textured ones, with separate low and high thresholds, so it does not flap on frames near
 a single threshold.
+
+The textureless path is LoFTR where its official file is available, and otherwise the one
+chosen by measurement with the files this project can load offline (bench/lowtexture.py):
+SIFT (LightGlue's SIFT settings) on a contrast-normalised image (`contrast_normalise`,
+CLAHE), mutual nearest neighbours with the ratio test, an epipolar consistency check
+(`epipolar_inliers`) and the pipeline's sub-pixel refinement on the original images.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
+
+# Textureless paths of matcher 'auto', in the order they are tried (see Pipeline).
+TEXTURELESS_LOFTR = "loftr"
+TEXTURELESS_SIFT = "sift-clahe+nn"  # its messages carry extractor 'sift-clahe', matcher 'nn'
 
 
 @dataclass(frozen=True)
 class Texture:
     confident: int       # keypoints with a score above the confidence threshold
     coverage: float      # share of grid cells holding at least one confident keypoint
+    # The extractor's keypoint cap (0: none). No frame can have more confident keypoints
+    # than the cap, so a keypoint threshold above it counts as the cap: a small
+    # `max_keypoints`, or the latency budget lowering the cap, does not make every frame
+    # look textureless.
+    cap: int = 0
+    # Keypoint thresholds are stated for 640x480 and scale with the square root of the area
+    # the extractor ran on: textured photographs at 320x240 keep 40-60% of their confident
+    # keypoints at 640x480 (not 25%), their textureless versions stay near zero.
+    scale: float = 1.0
+
+    def _needed(self, keypoints: int) -> float:
+        needed = keypoints * self.scale
+        return min(needed, self.cap) if self.cap > 0 else needed
 
     def is_low(self, min_keypoints: int, min_coverage: float) -> bool:
-        return self.confident < min_keypoints or self.coverage < min_coverage
+        return self.confident < self._needed(min_keypoints) or self.coverage < min_coverage
 
     def is_high(self, min_keypoints: int, min_coverage: float) -> bool:
-        return self.confident >= min_keypoints and self.coverage >= min_coverage
+        return self.confident >= self._needed(min_keypoints) and self.coverage >= min_coverage
 
 
 def measure_texture(keypoints: np.ndarray, scores: np.ndarray, image_size: tuple[int, int],
-                    score_threshold: float = 0.2, grid: tuple[int, int] = (16, 12)) -> Texture:
-    """Texture of a frame from its keypoints (N x 2 pixels) and their detection scores.
+                    score_threshold: float = 0.2, grid: tuple[int, int] = (16, 12),
+                    cap: int = 0, working_size: tuple[int, int] | None = None) -> Texture:
+    """Texture of a frame from its keypoints (N x 2 pixels) and their detection scores
+    (`cap`: the keypoint cap the extractor ran with, 0 for none; `working_size`: the size it
+    ran at, default `image_size`).
 
     The grid is 16 x 12 cells whatever the resolution (40 px cells at 640x480), so coverage
     means the same at any image size.
     """
     keypoints = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    ww, wh = working_size if working_size and min(working_size) > 0 else image_size
+    scale = float(np.sqrt(ww * wh / (640 * 480)))
     confident = keypoints[scores > score_threshold]
     if len(confident) == 0:
-        return Texture(0, 0.0)
+        return Texture(0, 0.0, cap, scale)
     w, h = image_size
     columns = np.clip((confident[:, 0] / w * grid[0]).astype(int), 0, grid[0] - 1)
     rows = np.clip((confident[:, 1] / h * grid[1]).astype(int), 0, grid[1] - 1)
     occupied = np.unique(rows * grid[0] + columns).size
-    return Texture(len(confident), occupied / (grid[0] * grid[1]))
+    return Texture(len(confident), occupied / (grid[0] * grid[1]), cap, scale)
 
 
 class MatcherSwitch:
@@ -79,3 +108,35 @@ class MatcherSwitch:
             self._streak = 0
             self.switches += 1
         return self.current
+
+
+def contrast_normalise(gray: np.ndarray, clip_limit: float = 2.0,
+                       tiles: tuple[int, int] = (8, 8)) -> np.ndarray:
+    """CLAHE (contrast-limited adaptive histogram equalisation) of a gray image in [0, 1]
+    (float) or uint8; returns uint8. Fog, haze, flat light and darkness leave a few grey
+    levels of contrast that a detector's fixed contrast threshold ignores; CLAHE stretches
+    them per tile (8 x 8 tiles, whatever the size), with the stretch limited by `clip_limit`
+    so that flat regions do not become noise."""
+    if gray.dtype != np.uint8:
+        gray = np.clip(np.round(np.asarray(gray, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=tiles).apply(gray)
+
+
+def epipolar_inliers(keypoints0: np.ndarray, keypoints1: np.ndarray,
+                     threshold_px: float = 1.5, min_matches: int = 12) -> np.ndarray:
+    """Mask of matches consistent with one fundamental matrix (MAGSAC++, `threshold_px`),
+    the geometric check that nearest-neighbour matching lacks (LightGlue's context does it
+    implicitly). Any rigid scene satisfies it, planar or not. With fewer than `min_matches`
+    matches, or when no model is found, every match is kept."""
+    k0 = np.asarray(keypoints0, np.float64).reshape(-1, 2)
+    k1 = np.asarray(keypoints1, np.float64).reshape(-1, 2)
+    keep = np.ones(len(k0), bool)
+    if len(k0) < max(min_matches, 8):
+        return keep
+    try:
+        _, mask = cv2.findFundamentalMat(k0, k1, cv2.USAC_MAGSAC, threshold_px, 0.999, 10000)
+    except cv2.error:  # degenerate input (e.g. all points on a line)
+        return keep
+    if mask is None:
+        return keep
+    return mask.ravel().astype(bool)

@@ -90,6 +90,70 @@ def test_stamps_backwards_policies(pipeline, coffee_pair):
     assert reset.push(small0, 60).tracks_reset
 
 
+SECOND = 1_000_000_000
+NOW = 1_700_000_000 * SECOND       # 2023
+YEAR_2038 = (2**31 - 1) * SECOND   # a bogus stamp from a broken clock
+
+
+def test_far_future_stamp_does_not_drop_every_later_frame(pipeline, coffee_pair):
+    """Issue 11.5: with 'drop', one stamp in 2038 made every later real frame look old."""
+    image0, image1, _ = coffee_pair
+    frames = [image0[:200, :300], image1[:200, :300]]
+    stream = SequentialMatcher(pipeline, on_stamp_backwards="drop")
+    assert stream.max_stamp_jump_s == 10.0  # the parameter's default, from the pipeline
+    events = [stream.push(frames[t % 2], stamp) for t, stamp in enumerate(
+        [NOW, NOW + SECOND // 10, YEAR_2038, NOW + 2 * SECOND // 10, NOW + 3 * SECOND // 10])]
+    assert events[1].result is not None
+    jump = events[2]
+    assert jump.restarted and not jump.dropped and jump.result is None
+    assert "jumped forwards by" in jump.note and "max_stamp_jump_s=10" in jump.note
+    back = events[3]  # the clock is right again: a jump back of ~15 years, not "old"
+    assert back.restarted and not back.dropped and "jumped backwards" in back.note
+    after = events[4]
+    assert after.result is not None and after.tracks_reset and len(after.result) > 0
+    assert after.reference_stamp == NOW + 2 * SECOND // 10
+
+
+def test_stamp_jump_limit_both_policies_and_off(pipeline, coffee_pair):
+    image0, image1, _ = coffee_pair
+    a, b = image0[:200, :300], image1[:200, :300]
+    for policy in ("reset", "drop"):
+        stream = SequentialMatcher(pipeline, on_stamp_backwards=policy, max_stamp_jump_s=2.0)
+        stream.push(a, NOW)
+        assert stream.push(b, NOW + 2 * SECOND).result is not None  # at the limit: a step
+        event = stream.push(a, NOW + 4 * SECOND + 1)                 # just over it
+        assert event.restarted and "jumped forwards by 2 s" in event.note
+        # A small step back still follows the policy; a big one restarts under both.
+        event = stream.push(b, NOW + 4 * SECOND)
+        assert (event.dropped if policy == "drop" else event.restarted)
+        assert "not newer" in event.note
+        event = stream.push(b, NOW)
+        assert event.restarted and "jumped backwards" in event.note
+    # 0 switches the check off: the old behaviour, a far-future stamp then drops later frames.
+    stream = SequentialMatcher(pipeline, on_stamp_backwards="drop", max_stamp_jump_s=0.0)
+    stream.push(a, NOW)
+    assert stream.push(b, YEAR_2038).result is not None
+    assert stream.push(a, NOW + SECOND).dropped
+
+
+def test_stamp_jump_limit_follows_the_pipeline_parameter(pipeline):
+    stream = SequentialMatcher(pipeline)
+    try:
+        pipeline.update(max_stamp_jump_s=0.5)  # run-time parameter, read at every frame
+        assert stream.max_stamp_jump_s == 0.5
+        pipeline.update(max_stamp_jump_s=0.0)
+        assert stream.max_stamp_jump_s == 0.0
+    finally:
+        pipeline.update(max_stamp_jump_s=10.0)
+    with pytest.raises(ParameterError, match="max_stamp_jump_s"):
+        SequentialMatcher(pipeline, max_stamp_jump_s=-1.0)
+    from match_node import params as P
+    spec = P.SPECS["max_stamp_jump_s"]
+    assert (spec.default, spec.min, spec.read_only, spec.scope) == (10.0, 0.0, False, "pipeline")
+    with pytest.raises(ParameterError, match="max_stamp_jump_s' must be >= 0.0"):
+        P.validate({"max_stamp_jump_s": -0.1})
+
+
 def test_size_change_restarts_tracking(pipeline, coffee_pair):
     image0, _, _ = coffee_pair
     stream = SequentialMatcher(pipeline)

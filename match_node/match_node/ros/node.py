@@ -98,6 +98,8 @@ class MatchNode(Node):
         self.pipeline = Pipeline(pipeline_values)
         if self.pipeline.device_warning:
             self.get_logger().warning(self.pipeline.device_warning)
+        if self.pipeline.textureless_note:  # matcher auto: which path serves textureless frames, and why
+            self.get_logger().info(self.pipeline.textureless_note)
         self.stream = SequentialMatcher(self.pipeline, self.values["on_stamp_backwards"])
         self.get_logger().info(
             f"{self.pipeline.extractor_name} + {self.pipeline.matcher_name} on "

@@ -1,0 +1,191 @@
+"""The low-texture pair generator (exact homographies, deterministic) and matcher 'auto''s
+textureless path without a LoFTR file: SIFT on contrast-normalised images, nearest
+neighbours, the epipolar check and refinement."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from match_node import Pipeline, SequentialMatcher
+from match_node.lowtexture import (FRAME_KINDS, KINDS, degrade_frame, make_pair, render,
+                                   view_pair)
+from match_node.sequence import make_sequence, reprojection_errors
+from match_node.texture import (TEXTURELESS_SIFT, contrast_normalise, epipolar_inliers,
+                                measure_texture)
+
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "match_node.yaml"
+
+
+def blob_photo(spacing: int = 72, sigma: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """A dark photo with Gaussian blobs on a grid, and the blob centres (photo pixels)."""
+    w, h = 480, 360
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    centres = np.array([(x + 0.37 * (y // spacing % 2), y + 0.21)
+                        for y in range(spacing // 2, h - 20, spacing)
+                        for x in range(spacing // 2, w - 20, spacing)], np.float64)
+    photo = np.full((h, w), 20.0, np.float32)
+    for cx, cy in centres:
+        window = (slice(int(cy) - 15, int(cy) + 16), slice(int(cx) - 15, int(cx) + 16))
+        photo[window] += 200 * np.exp(-((xs[window] - cx) ** 2 + (ys[window] - cy) ** 2)
+                                      / (2 * sigma ** 2))
+    return np.clip(photo, 0, 255).astype(np.uint8), centres
+
+
+def centroid(image: np.ndarray, point: np.ndarray, radius: int) -> np.ndarray | None:
+    """Intensity centroid (background removed) of the blob near `point`, or None near a border."""
+    gray = image.astype(np.float64).mean(-1)
+    x, y = np.round(point).astype(int)
+    if not (radius <= x < gray.shape[1] - radius and radius <= y < gray.shape[0] - radius):
+        return None
+    patch = gray[y - radius:y + radius + 1, x - radius:x + radius + 1]
+    weights = np.clip(patch - np.median(gray), 0, None)
+    steps = np.arange(-radius, radius + 1)
+    return np.array([x + (weights.sum(0) * steps).sum() / weights.sum(),
+                     y + (weights.sum(1) * steps).sum() / weights.sum()])
+
+
+@pytest.mark.parametrize("kind", ["original", "blur", "motion_blur"])
+def test_homography_is_exact(kind):
+    """Blob centroids found in image 0, mapped by the pair's homography, land on the
+    centroids found in image 1 (symmetric blurs move no point), at 320x240."""
+    photo, _ = blob_photo()
+    pair = make_pair(photo, kind, seed=3, size=(320, 240), name="blobs")
+    gray0 = pair.image0.astype(np.float64).mean(-1)
+    # Blob peaks of image 0: local maxima well above the background.
+    peaks = (gray0 == cv2.dilate(gray0, np.ones((25, 25)))) & (gray0 > np.median(gray0) + 10)
+    errors = []
+    for y, x in zip(*np.nonzero(peaks)):
+        c0 = centroid(pair.image0, np.array([x, y], float), 20)
+        if c0 is None:
+            continue
+        predicted = cv2.perspectiveTransform(c0[None, None], pair.homography)[0, 0]
+        c1 = centroid(pair.image1, predicted, 20)
+        if c1 is not None:
+            errors.append(np.linalg.norm(c1 - predicted))
+    assert len(errors) >= 4
+    assert np.median(errors) < 0.1 and max(errors) < 0.25, errors
+
+
+def test_views_map_through_the_homography_to_the_same_photo_point():
+    """Rendering the photo's own coordinates: pixel p of frame 0 and pixel H p of frame 1
+    show the same photo point (bilinear, so exact up to OpenCV's 1/32 px interpolation)."""
+    w, h = 600, 400
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    coords = np.dstack([xs, ys, np.zeros_like(xs)])
+    h0, h1 = view_pair((w, h), (320, 240), np.random.default_rng(7))
+    frame0, frame1 = render(coords, h0, (320, 240)), render(coords, h1, (320, 240))
+    u, v = np.meshgrid(np.arange(10, 310, 9.0), np.arange(10, 230, 9.0))
+    points = np.stack([u.ravel(), v.ravel()], 1)
+    mapped = cv2.perspectiveTransform(points[None], h1 @ np.linalg.inv(h0))[0]
+    inside = np.all((mapped > 1) & (mapped < [318, 238]), axis=1)
+    assert inside.sum() > 200
+    seen0 = frame0[v.ravel().astype(int), u.ravel().astype(int), :2][inside]
+    seen1 = cv2.remap(frame1, mapped[inside, :1].astype(np.float32),
+                      mapped[inside, 1:].astype(np.float32), cv2.INTER_LINEAR)[:, 0, :2]
+    assert np.abs(seen0 - seen1).max() < 0.08
+
+
+def test_pairs_are_deterministic_and_low_texture_kinds_differ():
+    a = make_pair("coffee", "dark", seed=1, size=(160, 120))
+    b = make_pair("coffee", "dark", seed=1, size=(160, 120))
+    assert np.array_equal(a.image0, b.image0) and np.array_equal(a.homography, b.homography)
+    c = make_pair("coffee", "dark", seed=2, size=(160, 120))
+    assert not np.array_equal(a.homography, c.homography)
+    for kind in KINDS:
+        pair = make_pair("coffee", kind, seed=0, size=(160, 120))
+        assert pair.image0.shape == (120, 160, 3) and pair.image0.dtype == np.uint8
+    with pytest.raises(ValueError, match="unknown"):
+        make_pair("coffee", "snow")
+
+
+def test_contrast_normalise_and_epipolar_inliers():
+    rng = np.random.default_rng(0)
+    photo = cv2.cvtColor(make_sequence("coffee", 1, size=(160, 120)).frames[0],
+                         cv2.COLOR_RGB2GRAY).astype(np.float64)
+    flat = np.round(photo.mean() + 0.06 * (photo - photo.mean())).astype(np.uint8)  # 6% contrast
+    stretched = contrast_normalise(flat)
+    assert stretched.dtype == np.uint8 and stretched.std() > 1.5 * flat.std()
+    assert np.array_equal(contrast_normalise(flat / 255.0), stretched)
+    # Matches under a homography plus 20% gross outliers: the outliers go, the rest stay.
+    k0 = rng.uniform(0, [640, 480], (200, 2))
+    H = np.array([[0.98, 0.05, 12], [-0.04, 1.01, 5], [1e-5, 2e-5, 1]])
+    k1 = cv2.perspectiveTransform(k0[None], H)[0] + rng.normal(0, 0.3, (200, 2))
+    k1[:40] = rng.uniform(0, [640, 480], (40, 2))
+    keep = epipolar_inliers(k0, k1)
+    assert keep[40:].mean() > 0.95 and keep[:40].mean() < 0.2
+    assert epipolar_inliers(k0[:10], k1[:10]).all()  # too few to check: all kept
+
+
+def test_texture_thresholds_follow_the_cap_and_the_resolution():
+    """Keypoint thresholds are stated for 640x480 at the default cap: a cap below them counts
+    as the threshold (the budget may lower it), and smaller images need fewer keypoints."""
+    spread = np.random.default_rng(0).uniform(0, [640, 480], (128, 2))
+    capped = measure_texture(spread, np.ones(128), (640, 480), cap=128)
+    assert not capped.is_low(150, 0.3) and capped.is_high(250, 0.4)
+    assert measure_texture(spread, np.ones(128), (640, 480)).is_low(150, 0.3)
+    small = measure_texture(spread[:90] / 2, np.ones(90), (320, 240))
+    assert small.scale == pytest.approx(0.5)
+    assert not small.is_low(150, 0.3) and not small.is_high(250, 0.4)
+    assert measure_texture(spread[:90], np.ones(90), (640, 480)).is_low(150, 0.3)
+
+
+@pytest.fixture(scope="module")
+def shipped(one_torch_thread):
+    """The pipeline as config/match_node.yaml builds it (no LoFTR file here)."""
+    return Pipeline.from_yaml(CONFIG, device="cpu", allow_download=False)
+
+
+def test_shipped_config_serves_textureless_frames_without_loftr(shipped):
+    assert shipped.matcher_name == "auto"
+    assert shipped.textureless_path == TEXTURELESS_SIFT
+    assert "SIFT" in shipped.textureless_note and "loftr_weights" in shipped.textureless_note
+
+
+@pytest.mark.parametrize("photo,kind", [("chelsea", "blur_low_contrast"), ("gravel", "fog")])
+def test_textureless_path_is_precise_on_generated_pairs(shipped, photo, kind):
+    pair = make_pair(photo, kind, seed=0, size=(640, 480))
+    result = shipped.match(pair.image0, pair.image1)
+    assert (result.extractor, result.matcher) == ("sift-clahe", "nn")
+    errors = reprojection_errors(pair.homography, result.keypoints0.astype(float),
+                                 result.keypoints1.astype(float))
+    assert len(result) >= 30
+    assert np.mean(errors < 3) >= 0.9
+
+
+def test_stream_switches_twice_without_empty_messages(shipped):
+    """Textured, then four frames defocused at low contrast, then textured again: two
+    switches with tracks restarted on each, and every frame (the transitions included) has
+    matches, mostly correct."""
+    sequence = make_sequence("coffee", num_frames=10, size=(640, 480), step=6)
+    kinds = [None] * 3 + ["blur_low_contrast"] * 4 + [None] * 3
+    frames = [f if k is None else degrade_frame(f, k, t)
+              for t, (f, k) in enumerate(zip(sequence.frames, kinds))]
+    stream = SequentialMatcher(shipped)
+    events = [stream.push(frame, t) for t, frame in enumerate(frames)]
+    results = [(t, e.result, e.tracks_reset) for t, e in enumerate(events) if e.result is not None]
+    paths = [(r.extractor, r.matcher) for _, r, _ in results]
+    textured, textureless = ("aliked-n16", "lightglue"), ("sift-clahe", "nn")
+    # Frame 3 (the first textureless one) is rescued by the textureless path before the switch
+    # (LightGlue leaves it almost nothing); frame 7 (textured again) stays on it until the
+    # switch has seen two textured frames.
+    assert paths == [textured] * 2 + [textureless] * 5 + [textured] * 2
+    assert stream.switch.switches == 2
+    assert [reset for _, _, reset in results] == [True, False, True, False, False, False, False,
+                                                  True, False]
+    for t, result, _ in results:
+        errors = reprojection_errors(sequence.relative(t - 1, t),
+                                     result.keypoints0.astype(float),
+                                     result.keypoints1.astype(float))
+        assert len(result) >= 15, (t, len(result))
+        assert np.mean(errors < 3) >= (0.9 if kinds[t] == kinds[t - 1] else 0.6), t
+    tracks = [set(r.track_ids.tolist()) for _, r, _ in results]
+    assert tracks[3] & tracks[4]  # tracks continue on the textureless path
+
+
+def test_frame_kinds_keep_geometry_for_sequences():
+    frame = make_sequence("coffee", 1, size=(160, 120)).frames[0]
+    for kind in FRAME_KINDS:
+        out = degrade_frame(frame, kind, seed=0)
+        assert out.shape == frame.shape and out.dtype == np.uint8
+        assert np.array_equal(out, degrade_frame(frame, kind, seed=0))
