@@ -357,6 +357,11 @@ class Pipeline:
         _update_known(self.extractor.conf, max_num_keypoints=cap, detection_threshold=threshold)
         with self._autocast():
             out = self.extractor(prepared.tensor)
+        return self._features(out, prepared, cap, start, after_preprocess)
+
+    def _features(self, out: dict[str, torch.Tensor], prepared: Prepared, cap: int,
+                  start: float, after_preprocess: float) -> Features:
+        """An extractor's output as Features in original pixels, with its timings."""
         keypoints = prepared.to_original(out["keypoints"][0].float())
         features = Features(keypoints, out["descriptors"][0].float(),
                             out["keypoint_scores"][0].float(), prepared.original_size)
@@ -487,15 +492,8 @@ class Pipeline:
         after_preprocess = self._clock()
         _update_known(self.sift.conf, max_num_keypoints=cap)
         out = self.sift(prepared.tensor)
-        keypoints = prepared.to_original(out["keypoints"][0].float())
-        features = Features(keypoints, out["descriptors"][0].float(),
-                            out["keypoint_scores"][0].float(), prepared.original_size)
-        end = self._clock()
-        features.preprocess_ms = after_preprocess - start
-        features.extract_ms = end - after_preprocess
-        features.working_size = (int(prepared.tensor.shape[-1]), int(prepared.tensor.shape[-2]))
-        features.keypoint_cap = cap
-        return features
+        # Scale and orientation are kept too: nothing on this path reads them.
+        return self._features(out, prepared, cap, start, after_preprocess)
 
     @torch.no_grad()
     def match_textureless(self, features0: Features, features1: Features) -> MatchResult:

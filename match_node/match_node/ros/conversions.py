@@ -10,7 +10,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from ..image import ImageError, checked_stamp_ns, decode_compressed, decode_raw
-from ..messages import ARRAY_FIELDS, correspondence_fields
+from ..messages import ARRAY_FIELDS, correspondence_fields, msg_arrays  # noqa: F401 (re-exported for consumers)
 from ..pipeline import MatchResult
 
 
@@ -67,17 +67,3 @@ def result_to_msg(result: MatchResult, header: Header, reference_header: Header,
         result, stamp_to_ns(header.stamp), header.frame_id, stamp_to_ns(reference_header.stamp),
         reference_header.frame_id, pairing=pairing, frame_index=frame_index,
         dropped_frames=dropped_frames, tracks_reset=tracks_reset, wait_ms=wait_ms))
-
-
-def msg_arrays(msg: Correspondences) -> dict[str, np.ndarray]:
-    """The per-match arrays of a Correspondences message as numpy arrays (for consumers)."""
-    return {
-        "reference_xy": np.stack([np.asarray(msg.reference_x, np.float32),
-                                  np.asarray(msg.reference_y, np.float32)], -1),
-        "current_xy": np.stack([np.asarray(msg.current_x, np.float32),
-                                np.asarray(msg.current_y, np.float32)], -1),
-        "confidence": np.asarray(msg.confidence, np.float32),
-        "reference_index": np.asarray(msg.reference_index, np.int64),
-        "current_index": np.asarray(msg.current_index, np.int64),
-        "track_id": np.asarray(msg.track_id, np.uint64),
-    }
