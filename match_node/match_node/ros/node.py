@@ -311,15 +311,10 @@ class MatchNode(Node):
         self.get_logger().warning(f"frame dropped: {reason}", throttle_duration_sec=2.0)
 
     def _decode(self, msg: Image | CompressedImage) -> np.ndarray:
-        """The message's image, or ImageError (too large, bad encoding, bad data)."""
-        limit = self.values["max_input_pixels"]
-        if isinstance(msg, Image) and msg.height * msg.width > limit:
-            raise ImageError(f"{msg.width}x{msg.height} image exceeds max_input_pixels={limit}")
-        image = image_to_array(msg, max_pixels=limit)
-        if image.shape[0] * image.shape[1] > limit:
-            raise ImageError(f"{image.shape[1]}x{image.shape[0]} image exceeds "
-                             f"max_input_pixels={limit}")
-        return image
+        """The message's image, or ImageError (malformed stamp, too large, bad encoding, bad
+        data). The size is checked before decoding, from the Image's fields or the
+        CompressedImage's header (image_to_array)."""
+        return image_to_array(msg, max_pixels=self.values["max_input_pixels"])
 
     def _note_event(self, event) -> bool:
         """Count a stream event; return False when the frame was dropped."""
