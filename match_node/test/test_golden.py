@@ -1,0 +1,132 @@
+"""Golden test: a bag through the offline runner with the shipped configuration gives the
+committed messages (every field but the timings).
+
+The bag is generated (real photograph, known homographies): textured frames, frames fogged
+beyond what ALIKED + LightGlue can match (matcher auto switches to its textureless path and
+back), and one blank frame (no keypoints: tracking restarts). It pins the behaviour of the
+whole engine (extraction, LightGlue with early exit and pruning, the texture switch, the SIFT
+path, refinement, track ids, exit metadata, per-frame log) across refactors.
+
+Regenerate only for an intended change of behaviour, and say so in the commit:
+
+    MATCH_NODE_REGENERATE_GOLDEN=1 python -m pytest -q test/test_golden.py
+
+Tolerances: integers (indices, track ids, counts, exit layers, stamps) and strings exactly;
+pixel coordinates within 1e-3 px and scores within 1e-4 (the run is pinned to one thread, so
+these absorb only library-level float differences, not behaviour).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from match_node import bags, make_bag, messages
+from match_node.lowtexture import degrade_frame
+from match_node.offline import run_offline
+from match_node.sequence import make_sequence
+
+GOLDEN = Path(__file__).parent / "golden" / "offline_mono.json"
+SIZE = (320, 240)
+KINDS = [None, None, None, "fog", "fog", "fog", "fog", None, None, None, "blank", None, None]
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "match_node.yaml"
+PARAMS = {"device": "cpu", "allow_download": False, "max_keypoints": 512}
+PIXEL_TOLERANCE = 1e-3
+SCORE_TOLERANCE = 1e-4
+# The run's summary, less timings, wall time and paths.
+SUMMARY_FIELDS = ("frames", "messages", "dropped", "restarts", "matches_per_frame",
+                  "exit_layers", "exit_reasons", "precision_at_3px", "precision_per_frame",
+                  "median_error_px", "extractor", "matcher", "max_keypoints", "deterministic")
+
+
+def golden_bag(path: Path) -> Path:
+    sequence = make_sequence("coffee", num_frames=len(KINDS), size=SIZE, step=5, seed=3)
+    frames = []
+    for t, (frame, kind) in enumerate(zip(sequence.frames, KINDS)):
+        if kind == "blank":
+            frame = np.full_like(frame, 128)
+        elif kind is not None:
+            frame = degrade_frame(frame, kind, t)
+        frames.append(frame)
+    return make_bag.write_sequence_bag(
+        path, frames, make_bag.stamps(len(frames), 10.0), make_bag.nominal_K(*SIZE),
+        homographies=sequence.homographies)
+
+
+def plain(value):
+    if isinstance(value, np.ndarray):
+        return {"dtype": str(value.dtype), "values": value.tolist()}
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: plain(getattr(value, name)) for name in value.__dataclass_fields__
+                if name != "__msgtype__"}
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value
+
+
+def record(out_bag: Path, summary: dict) -> dict:
+    ts = bags.typestore_from_bag(out_bag)
+    msgs = []
+    for message in bags.messages(out_bag, msgtypes=[messages.MSGTYPE]):
+        msg = ts.deserialize_cdr(message.data, message.msgtype)
+        msgs.append({"log_time_ns": message.log_time_ns,
+                     **{name: plain(getattr(msg, name)) for name in msg.__dataclass_fields__
+                        if name not in messages.TIMING_FIELDS and name != "__msgtype__"}})
+    return {"messages": msgs, "summary": {key: summary[key] for key in SUMMARY_FIELDS}}
+
+
+def compare(expected, actual, where: str = "") -> None:
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), where
+        assert sorted(expected) == sorted(actual), f"{where}: keys differ"
+        if "dtype" in expected and "values" in expected:
+            assert expected["dtype"] == actual["dtype"], where
+            e, a = np.asarray(expected["values"]), np.asarray(actual["values"])
+            assert e.shape == a.shape, f"{where}: shape {a.shape}, expected {e.shape}"
+            if e.dtype.kind == "f":
+                tolerance = PIXEL_TOLERANCE if e.ndim > 1 or "keypoints" in where else SCORE_TOLERANCE
+                np.testing.assert_allclose(a, e, atol=tolerance, rtol=0, err_msg=where)
+            else:
+                np.testing.assert_array_equal(a, e, err_msg=where)
+            return
+        for key in expected:
+            compare(expected[key], actual[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(expected) == len(actual), \
+            f"{where}: {len(actual) if isinstance(actual, list) else actual} items, expected {len(expected)}"
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            compare(e, a, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, abs=PIXEL_TOLERANCE), where
+    else:
+        assert expected == actual, f"{where}: {actual!r}, expected {expected!r}"
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_offline_runner_reproduces_the_golden_messages(tmp_path, one_thread):
+    from match_node import params as P
+
+    params = {**P.load_yaml(CONFIG), **PARAMS}
+    in_bag = golden_bag(tmp_path / "in")
+    summary = run_offline(in_bag, tmp_path / "out", make_bag.MONO_IMAGE, params)
+    actual = record(tmp_path / "out", summary)
+    if os.environ.get("MATCH_NODE_REGENERATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(actual, indent=None, separators=(",", ":")) + "\n")
+        pytest.skip(f"regenerated {GOLDEN}")
+    expected = json.loads(GOLDEN.read_text())
+    # The path each frame took, first: the most readable failure when behaviour changes.
+    assert [(m["extractor"], m["matcher"]) for m in actual["messages"]] == \
+        [(m["extractor"], m["matcher"]) for m in expected["messages"]]
+    compare(expected, actual, "golden")
