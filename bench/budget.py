@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from match_node import Pipeline, SequentialMatcher
-from match_node.sequence import make_sequence, reprojection_errors
+from match_node.groundtruth.planar import make_sequence, reprojection_errors
 
 CORRECT_PX = 3.0
 

@@ -37,9 +37,9 @@ import torch
 
 from match_node import Pipeline
 from match_node import params as P
-from match_node.families import EXTRACTOR_FAMILIES
-from match_node.sequence import LOW_TEXTURE_KINDS, load_photo, low_texture, reprojection_errors
-from match_node.weights import CHECKPOINTS
+from match_node.engine.families import EXTRACTOR_FAMILIES
+from match_node.groundtruth.planar import LOW_TEXTURE_KINDS, load_photo, low_texture, reprojection_errors
+from match_node.engine.weights import CHECKPOINTS
 
 # (image0, image1) -> matched keypoints (K x 2 each, original pixels, pixel centres at integers)
 MatchFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -404,7 +404,7 @@ def stereo_rows(methods: dict[str, MatchFn]) -> list[dict]:
     nearest pixel can lie across a depth discontinuity)."""
     from skimage.data import stereo_motorcycle
 
-    from match_node.stereo import epipolar_mask
+    from match_node.engine.stereo import epipolar_mask
 
     left, right, disparity = stereo_motorcycle()
     left, right = np.ascontiguousarray(left), np.ascontiguousarray(right)

@@ -67,7 +67,7 @@ def _images(width: int, height: int):
     import cv2
     import numpy as np
     import torch
-    from match_node.sequence import load_photo
+    from match_node.groundtruth.planar import load_photo
 
     homography = np.array([[0.96, 0.06, 12.0], [-0.05, 0.98, 6.0], [8e-5, -4e-5, 1.0]])
     photo = cv2.resize(load_photo("coffee"), (width, height), interpolation=cv2.INTER_AREA)
@@ -84,7 +84,7 @@ def child(impl: str, size: str, device_name: str, repeats: int, threshold: float
     width, height = map(int, size.split("x"))
     state = _official_state()
     if impl == "ours":
-        from match_node import weights
+        from match_node.engine import weights
         from match_node.models.loftr import LoFTR
         model = LoFTR(match_threshold=threshold)
         weights.load_into(model, {f"matcher.{k}": v for k, v in state.items()}, "random",

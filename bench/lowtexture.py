@@ -6,7 +6,7 @@ and on the textured evaluation pairs (bench/evaluate.py's photographs) to show n
                                [--textured-photos coffee,...|none] [--loftr-weights PATH]
                                [--threads 1] [--output bench/results]
 
-Low-texture pairs come from match_node.lowtexture (real skimage photographs; blur, low
+Low-texture pairs come from match_node.groundtruth.lowtexture (real skimage photographs; blur, low
 contrast, blur at low contrast, fog, darkness with shot and read noise, motion blur, a blank
 wall with one textured patch, a repetitive surface and a close-up of a smooth surface), by
 default on the held-out photographs, which played no part in choosing the mechanism or its
@@ -45,9 +45,9 @@ from evaluate import pairs as textured_pairs  # noqa: E402
 
 from match_node import Pipeline, SequentialMatcher  # noqa: E402
 from match_node import params as P  # noqa: E402
-from match_node.lowtexture import (HELD_OUT_PHOTOS, KINDS, TUNING_PHOTOS,  # noqa: E402
+from match_node.groundtruth.lowtexture import (HELD_OUT_PHOTOS, KINDS, TUNING_PHOTOS,  # noqa: E402
                                    degrade_frame, make_pairs)
-from match_node.sequence import make_sequence, reprojection_errors  # noqa: E402
+from match_node.groundtruth.planar import make_sequence, reprojection_errors  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "match_node" / "config" / "match_node.yaml"
 FAILURE_PX = 10.0  # a homography whose mean corner error exceeds this is unusable

@@ -5,7 +5,7 @@
                          [--output bench/results]
 
 Frames: the Middlebury 2014 Motorcycle scene (real photograph + ground-truth depth,
-match_node.scene) rendered along scene.trajectory's smooth 6-DoF path (default: 2.5 cm median
+match_node.groundtruth.scene) rendered along scene.trajectory's smooth 6-DoF path (default: 2.5 cm median
 steps, under 1 degree of rotation per frame, at the scene's own 741x500), as a VO camera would
 see it. Pairs are consecutive frames (t-1, t). For every method and pair: the matches, the
 relative pose from the essential matrix (cv2.findEssentialMat with cv2.USAC_ACCURATE on
@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evaluate import (OPENCV_KEYPOINTS, RATIO, MatchFn, auc, official_matcher,  # noqa: E402
                       opencv_matcher, ours, pipeline_settings)
 
-from match_node import scene, vo  # noqa: E402
+from match_node import vo  # noqa: E402
+from match_node.groundtruth import scene
 
 THRESHOLDS_DEG = (5, 10, 20)
 MIN_MATCHES = 5          # the five-point solver's minimum
@@ -231,7 +232,7 @@ def main() -> None:
     s = pipeline_settings("aliked-n16")
     lines = [
         f"Relative pose on {args.device}: the Middlebury 2014 Motorcycle scene (real photograph "
-        f"+ ground-truth depth) rendered at {size[0]}x{size[1]} along match_node.scene."
+        f"+ ground-truth depth) rendered at {size[0]}x{size[1]} along match_node.groundtruth.scene."
         f"trajectory({args.frames}, seed={args.seed}, step_m={args.step_m}): "
         f"{len(truths)} consecutive pairs, steps {min(steps_cm):.1f}-{max(steps_cm):.1f} cm "
         f"(median {np.median(steps_cm):.1f}) at 2-5 m depth, rotations "

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from evaluate import auc, corner_error, pairs  # noqa: E402
 
 from match_node import Pipeline  # noqa: E402
-from match_node.refine import REFINE_METHODS, refine_matches, to_gray  # noqa: E402
-from match_node.sequence import reprojection_errors  # noqa: E402
+from match_node.engine.refine import REFINE_METHODS, refine_matches, to_gray  # noqa: E402
+from match_node.groundtruth.planar import reprojection_errors  # noqa: E402
 
 
 def main() -> None:

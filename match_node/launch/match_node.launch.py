@@ -5,7 +5,7 @@ image_transport, log_level. Topics are remapped, so the node's relative names st
 
 `device` and `image_transport` are passed to the node only when given: left empty, the
 config file's value applies, and where the file does not set one, the node's declared default
-(match_node/params.py). match_node.launch_support builds the parameter list (tested in CI).
+(match_node/params.py). match_node.ros.launch_support builds the parameter list (tested in CI).
 """
 import os
 
@@ -15,7 +15,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from match_node import launch_support as support
+from match_node.ros import launch_support as support
 
 
 def _node(context):

@@ -6,7 +6,7 @@ left_topic, right_topic, left_info_topic, right_info_topic, config, device, imag
 rate (0 = as fast as the node consumes, with flow control, nothing lost), clock (publish
 /clock), wait_s, timeout_s, keep_running, log_level.
 
-The bag decides what runs (match_node.launch_support.plan_replay, tested in CI): a bag with
+The bag decides what runs (match_node.ros.launch_support.plan_replay, tested in CI): a bag with
 left and right images and no mono image topic starts the stereo node (namespace `stereo`),
 otherwise the mono node (namespace `camera`); Image topics are replayed raw, CompressedImage
 topics (<topic>/compressed) with the node's image_transport set to compressed. The VO consumer
@@ -27,7 +27,7 @@ from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from match_node import launch_support as support
+from match_node.ros import launch_support as support
 
 
 def _unless_ending(*actions):

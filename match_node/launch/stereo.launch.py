@@ -9,7 +9,7 @@ a rectified camera pair pass its rectified topics (e.g. left_topic:=/stereo/left
 device, image_transport, slop_ms (stereo_slop_ms) and epipolar_tolerance_px
 (stereo_epipolar_tolerance_px) are passed to the node only when given: left empty, the config
 file's value applies, and where the file does not set one, the node's declared default
-(match_node/params.py). match_node.launch_support builds the parameter list (tested in CI).
+(match_node/params.py). match_node.ros.launch_support builds the parameter list (tested in CI).
 """
 import os
 
@@ -19,7 +19,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from match_node import launch_support as support
+from match_node.ros import launch_support as support
 
 
 def _node(context):

@@ -16,8 +16,8 @@ from typing import Any
 
 from .params import ParameterError
 
-_LAZY = {name: "pipeline" for name in
-         ("Features", "MatchResult", "Pipeline", "SequentialMatcher", "StreamEvent")}
+_LAZY = {"Pipeline": "engine.pipeline", "SequentialMatcher": "engine.stream",
+         **{name: "engine.results" for name in ("Features", "MatchResult", "StreamEvent")}}
 
 __all__ = ["Features", "MatchResult", "ParameterError", "Pipeline", "SequentialMatcher",
            "StreamEvent"]

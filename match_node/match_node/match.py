@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     except (P.ParameterError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from .pipeline import Pipeline  # torch import after argument errors are reported
-    from .weights import WeightsError
+    from .engine.pipeline import Pipeline  # torch import after argument errors are reported
+    from .engine.weights import WeightsError
     image0, image1 = read_image(args.image0), read_image(args.image1)
     try:
         pipeline = Pipeline(values)

@@ -6,19 +6,16 @@ types (nested messages as dicts). Both ways a message is made build from it, so 
 drift apart:
 
   * the node's rclpy message: `match_node.ros.conversions.result_to_msg`;
-  * the bag writers (offline runner): `match_node.bags.make_message(typestore, MSGTYPE, fields)`.
+  * the bag writers (offline runner): `match_node.bags.rosbag.make_message(typestore, MSGTYPE, fields)`.
 
 Stamps are integers in nanoseconds; they are split into builtin_interfaces/Time
 (sec = floor(ns / 1e9), nanosec = the remainder), so negative stamps keep nanosec in range.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:  # no torch import for readers of bags that only need the constants
-    from .pipeline import MatchResult
 
 MSGTYPE = "match_node_msgs/msg/Correspondences"
 
@@ -29,10 +26,14 @@ PAIRING_TEMPORAL_LEFT = 2   # stereo mode: reference = previous left, current = 
 PAIRINGS = {"sequential": PAIRING_SEQUENTIAL, "stereo": PAIRING_STEREO,
             "temporal_left": PAIRING_TEMPORAL_LEFT}
 
-EXIT_FULL_DEPTH = 0
-EXIT_CONFIDENCE = 1
-EXIT_BUDGET = 2
-EXIT_NO_KEYPOINTS = 3
+# How a pair's matching ended (exit_reason). The one definition: the models, the engine and
+# the bag tools import these; the tests check them against the .msg file.
+EXIT_FULL_DEPTH = 0         # every layer ran
+EXIT_CONFIDENCE = 1         # LightGlue's confidence-based early exit
+EXIT_BUDGET = 2             # stopped to meet the latency budget
+EXIT_NO_KEYPOINTS = 3       # an image had no keypoints left, nothing to match
+EXIT_NAMES = {EXIT_FULL_DEPTH: "full_depth", EXIT_CONFIDENCE: "confidence",
+              EXIT_BUDGET: "budget", EXIT_NO_KEYPOINTS: "no_keypoints"}
 
 # Per-match array fields and their element dtypes (little-endian, as in CDR on x86/ARM).
 ARRAY_FIELDS: dict[str, np.dtype] = {
@@ -57,7 +58,7 @@ def time_to_ns(sec: int, nanosec: int) -> int:
     return int(sec) * 1_000_000_000 + int(nanosec)
 
 
-def correspondence_fields(result: MatchResult, header_stamp_ns: int, frame_id: str,
+def correspondence_fields(result: Any, header_stamp_ns: int, frame_id: str,
                           reference_stamp_ns: int, reference_frame_id: str,
                           pairing: int = PAIRING_SEQUENTIAL, frame_index: int = 0,
                           dropped_frames: int = 0, tracks_reset: bool = False,

@@ -342,7 +342,7 @@ def check_combined(values: Mapping[str, Any]) -> None:
     if "extractor" in values and "matcher" in values:
         # Refused at start-up, not on the first frame: a pair that cannot work fails every
         # frame. families.py holds the facts (descriptor sizes the weights give and take).
-        from .families import combination_problem  # imported late: it pulls in torch
+        from .engine.families import combination_problem  # imported late: it pulls in torch
         problem = combination_problem(values["extractor"], values["matcher"])
         if problem is not None:
             raise ParameterError(problem)

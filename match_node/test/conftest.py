@@ -23,7 +23,7 @@ HOMOGRAPHY = np.array([[0.96, 0.06, 12.0], [-0.05, 0.98, 6.0], [8e-5, -4e-5, 1.0
 
 @pytest.fixture(scope="session")
 def coffee_pair():
-    from match_node.sequence import load_photo
+    from match_node.groundtruth.planar import load_photo
     image0 = load_photo("coffee")
     return image0, warp(image0, HOMOGRAPHY), HOMOGRAPHY
 

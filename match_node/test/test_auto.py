@@ -2,7 +2,7 @@
 import numpy as np
 
 from match_node import Pipeline, SequentialMatcher
-from match_node.sequence import low_texture, make_sequence
+from match_node.groundtruth.planar import low_texture, make_sequence
 
 
 def test_auto_switches_exactly_twice_on_textured_textureless_textured(loftr_checkpoint):

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from match_node import bags, make_bag, messages
-from match_node.pipeline import MatchResult
+from match_node import messages
+from match_node.bags import rosbag as bags
+from match_node.bags import make as make_bag
+from match_node.engine.results import MatchResult
 
 MSG_FILE = Path(__file__).resolve().parents[2] / "match_node_msgs" / "msg" / "Correspondences.msg"
 
@@ -236,7 +238,7 @@ def test_quaternions():
 
 
 def test_make_bag_cli(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "match_node.make_bag", str(tmp_path / "b"),
+    out = subprocess.run([sys.executable, "-m", "match_node.bags.make", str(tmp_path / "b"),
                           "--kind", "mono", "--frames", "3", "--storage", "mcap"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -245,7 +247,7 @@ def test_make_bag_cli(tmp_path):
         make_bag.MONO_IMAGE: 3, make_bag.MONO_INFO: 3, make_bag.GROUND_TRUTH_HOMOGRAPHY: 3}
     frames = list(bags.read_images(tmp_path / "b"))
     assert frames[0].image.shape == (240, 320, 3) and frames[0].msgtype == bags.IMAGE
-    again = subprocess.run([sys.executable, "-m", "match_node.make_bag", str(tmp_path / "b")],
+    again = subprocess.run([sys.executable, "-m", "match_node.bags.make", str(tmp_path / "b")],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
 
@@ -260,8 +262,8 @@ def test_new_core_modules_import_without_ros():
                 if name.split(".")[0] in BLOCKED:
                     raise ImportError("ROS import from the core: " + name)
         sys.meta_path.insert(0, Block())
-        import match_node.messages, match_node.bags, match_node.make_bag, match_node.offline
-        match_node.bags.typestore()
+        import match_node.messages, match_node.bags.rosbag, match_node.bags.make, match_node.bags.offline
+        match_node.bags.rosbag.typestore()
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

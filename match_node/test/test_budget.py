@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from match_node.budget import (CostModel, FrameRecord, LatencyBudget, OnlineLeastSquares,
+from match_node.engine.budget import (CostModel, FrameRecord, LatencyBudget, OnlineLeastSquares,
                                layer_features)
 
 

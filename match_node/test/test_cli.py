@@ -4,7 +4,7 @@ import sys
 import cv2
 import numpy as np
 
-from match_node.sequence import reprojection_errors
+from match_node.groundtruth.planar import reprojection_errors
 
 from conftest import HOMOGRAPHY
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from match_node import weights as W
+from match_node.engine import weights as W
 from match_node.models.disk import DISK, strict_maxima
 from match_node.models.lightglue import LightGlue
 
@@ -32,7 +32,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def images() -> dict[str, np.ndarray]:
-    from match_node.sequence import load_photo
+    from match_node.groundtruth.planar import load_photo
     astronaut = cv2.resize(load_photo("astronaut"), (320, 320), interpolation=cv2.INTER_AREA)
     return {
         "coffee": load_photo("coffee")[:320, :480],        # 480x320

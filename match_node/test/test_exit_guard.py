@@ -4,16 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from match_node import weights as W
+from match_node.engine import weights as W
 from match_node.models.aliked import ALIKED
-from match_node.models.lightglue import EXIT_CONFIDENCE, EXIT_FULL_DEPTH, LightGlue
+from match_node.messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
+from match_node.models.lightglue import LightGlue
 
 from conftest import HOMOGRAPHY, warp
 
 
 @pytest.fixture(scope="module")
 def features():
-    from match_node.sequence import load_photo
+    from match_node.groundtruth.planar import load_photo
     photo = np.ascontiguousarray(load_photo("coffee")[:320, :480])
     extractor = ALIKED(max_num_keypoints=400).eval()
     W.load_checkpoint(extractor, W.CHECKPOINTS["aliked-n16"], allow_download=False)

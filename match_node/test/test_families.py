@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from match_node import ParameterError, Pipeline
-from match_node.sequence import reprojection_errors
-from match_node.weights import WeightsNotFoundError
+from match_node.groundtruth.planar import reprojection_errors
+from match_node.engine.weights import WeightsNotFoundError
 
 from conftest import HOMOGRAPHY
 
@@ -77,7 +77,7 @@ def test_superpoint_lightglue_layout(pair, superpoint_file, tmp_path):
     file of that shape loads, and the ALIKED one (with a projection) is refused. (The layer
     names are those of the official ALIKED/DISK files, checked in test_reference_equivalence.)"""
     from match_node.models.lightglue import LightGlue
-    from match_node.weights import WeightsMismatchError
+    from match_node.engine.weights import WeightsMismatchError
     state = {k: v for k, v in LightGlue(features="superpoint").state_dict().items()}
     assert not any(k.startswith("input_proj") for k in state)
     path = tmp_path / "superpoint_lightglue.pth"
@@ -92,7 +92,7 @@ def test_superpoint_lightglue_layout(pair, superpoint_file, tmp_path):
 
 
 def _aliked_lightglue():
-    from match_node.weights import CHECKPOINTS, resolve
+    from match_node.engine.weights import CHECKPOINTS, resolve
     return resolve(CHECKPOINTS["lightglue-aliked"], allow_download=False)
 
 
@@ -122,7 +122,7 @@ def test_extractor_defaults_and_overrides():
 
 def test_stream_with_another_family_keeps_track_ids(coffee_pair):
     from match_node import SequentialMatcher
-    from match_node.sequence import make_sequence
+    from match_node.groundtruth.planar import make_sequence
     sequence = make_sequence("coffee", num_frames=3, size=(320, 240), step=4)
     stream = SequentialMatcher(Pipeline(device="cpu", extractor="xfeat", max_keypoints=400,
                                         allow_download=False))
@@ -159,9 +159,9 @@ def test_table_covers_every_parameter_value():
 @pytest.mark.parametrize("extractor", sorted(SUPPORTED))
 @pytest.mark.parametrize("matcher", ["lightglue", "superglue", "nn", "loftr", "auto"])
 def test_every_combination_verdict(extractor, matcher, monkeypatch):
-    from match_node import families as F
+    from match_node.engine import families as F
     from match_node import params as P
-    from match_node import weights as W
+    from match_node.engine import weights as W
     works = matcher in SUPPORTED[extractor]
     assert (F.combination_problem(extractor, matcher) is None) == works
     assert (matcher in F.supported_matchers(extractor)) == works
@@ -207,7 +207,7 @@ def small_image(coffee_pair):
 def test_descriptor_dims_are_those_of_the_official_weights(extractor, small_image,
                                                            one_torch_thread):
     """families.py states each extractor's descriptor size; its official file decides."""
-    from match_node.families import EXTRACTOR_FAMILIES
+    from match_node.engine.families import EXTRACTOR_FAMILIES
     pipeline = Pipeline(device="cpu", extractor=extractor, matcher="nn", max_keypoints=64,
                         detection_threshold=0.0, allow_download=False)
     features = pipeline.extract(small_image)
@@ -217,7 +217,7 @@ def test_descriptor_dims_are_those_of_the_official_weights(extractor, small_imag
 
 def test_superpoint_descriptor_dim_is_its_architecture():
     # No official SuperPoint file here (non-commercial): its descriptor head is 256 wide.
-    from match_node.families import EXTRACTOR_FAMILIES
+    from match_node.engine.families import EXTRACTOR_FAMILIES
     from match_node.models.superpoint import SuperPoint
     assert SuperPoint().state_dict()["convDb.weight"].shape[0] == 256
     assert EXTRACTOR_FAMILIES["superpoint"].descriptor_dim == 256
@@ -230,8 +230,8 @@ def test_superpoint_descriptor_dim_is_its_architecture():
 ])
 def test_lightglue_input_dims_are_those_of_the_official_weights(checkpoint, key, extractors):
     """The descriptor size a LightGlue file takes is its input projection's width."""
-    from match_node import families as F
-    from match_node.weights import CHECKPOINTS, read_state_dict, resolve
+    from match_node.engine import families as F
+    from match_node.engine.weights import CHECKPOINTS, read_state_dict, resolve
     state = read_state_dict(resolve(CHECKPOINTS[checkpoint], allow_download=False))
     takes = state[key].shape[1]
     for name in extractors:

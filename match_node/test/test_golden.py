@@ -25,10 +25,12 @@ import numpy as np
 import pytest
 import torch
 
-from match_node import bags, make_bag, messages
-from match_node.lowtexture import degrade_frame
-from match_node.offline import run_offline
-from match_node.sequence import make_sequence
+from match_node import messages
+from match_node.bags import rosbag as bags
+from match_node.bags import make as make_bag
+from match_node.groundtruth.lowtexture import degrade_frame
+from match_node.bags.offline import run_offline
+from match_node.groundtruth.planar import make_sequence
 
 GOLDEN = Path(__file__).parent / "golden" / "offline_mono.json"
 SIZE = (320, 240)

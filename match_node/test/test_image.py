@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from match_node.image import ImageError, check_image, decode_compressed, decode_raw, prepare
+from match_node.engine.image import ImageError, check_image, decode_compressed, decode_raw, prepare
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8)

@@ -31,7 +31,7 @@ from rosutil import Harness, image_msg, wait_until  # noqa: E402  (sets the DDS 
 
 import rclpy  # noqa: E402
 
-from match_node.sequence import make_sequence  # noqa: E402
+from match_node.groundtruth.planar import make_sequence  # noqa: E402
 
 FRAME_SIZE = (320, 240)
 LAUNCH_ARGUMENTS = {"namespace": "lt", "image_topic": "/lt/cam/image_raw",
@@ -291,7 +291,7 @@ def run_replay_launch(tmp_path, probe, pose_topic: str, **arguments) -> tuple[st
 def test_replay_launch_flow_control_ends_when_the_replay_ends(probe, tmp_path, bags_dir):
     """Flow control: every frame is matched, the VO consumer publishes a pose per matched
     frame, and the launch ends by itself when the replay is done (node and VO stopped)."""
-    from match_node import make_bag
+    from match_node.bags import make as make_bag
 
     frames = 4
     bag = make_bag.mono_bag(bags_dir / "mono", num_frames=frames, size=FRAME_SIZE)
@@ -307,7 +307,7 @@ def test_replay_launch_rate_mode_waits_for_the_node(probe, tmp_path, bags_dir):
     """rate:=1 used to give 0 messages (the replay started on a timer, before the node
     listened). Now the replay starts once the node is up, and waits for the node's message
     for the last frame before the launch ends."""
-    from match_node import make_bag
+    from match_node.bags import make as make_bag
 
     frames = 6
     bag = make_bag.mono_bag(bags_dir / "rate", num_frames=frames, size=FRAME_SIZE)
@@ -327,7 +327,7 @@ def test_replay_launch_rate_mode_waits_for_the_node(probe, tmp_path, bags_dir):
 def test_replay_launch_compressed_bag(probe, tmp_path, bags_dir):
     """A bag of CompressedImage on /camera/image_raw/compressed replays into the node (which
     then subscribes to exactly that topic), with flow control: nothing lost."""
-    from match_node import make_bag
+    from match_node.bags import make as make_bag
 
     frames = 4
     bag = make_bag.mono_bag(bags_dir / "jpeg", num_frames=frames, size=FRAME_SIZE,
@@ -344,11 +344,11 @@ def test_replay_launch_compressed_bag(probe, tmp_path, bags_dir):
 def test_replay_launch_stereo_bag(probe, tmp_path, bags_dir):
     """A stereo bag starts the stereo node (flow control on its stereo output, every pair
     acknowledged) and the VO consumer gets metric poses."""
-    from match_node import make_bag
+    from match_node.bags import make as make_bag
 
     frames = 4
     bag = bags_dir / "stereo"
-    made = subprocess.run([sys.executable, "-m", "match_node.make_bag", str(bag), "--kind",
+    made = subprocess.run([sys.executable, "-m", "match_node.bags.make", str(bag), "--kind",
                            "stereo", "--frames", str(frames), "--size", "320x240"],
                           capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stderr
@@ -360,7 +360,7 @@ def test_replay_launch_stereo_bag(probe, tmp_path, bags_dir):
     # Metric scale from stereo: each step as long as the true one (make_bag's default step is
     # 6 cm), not of unit length as monocular VO would give.
     import numpy as np
-    from match_node import bags
+    from match_node.bags import rosbag as bags
     truth = [np.linalg.inv(make_bag.pose_from_message(bags.deserialize(m)))[:3, 3]
              for m in bags.messages(bag, [make_bag.GROUND_TRUTH_POSE])]
     true_steps = [np.linalg.norm(b - a) for a, b in zip(truth, truth[1:])]
@@ -387,7 +387,7 @@ def test_ctrl_c_ends_every_process_cleanly(probe, tmp_path, bags_dir, moment):
     and after the replay with keep_running:=true (node and VO kept up): every process ends by
     itself, exit 0, no ERROR line, no traceback, no escalation to SIGTERM. Ctrl-C is sent twice,
     as an impatient user does."""
-    from match_node import make_bag
+    from match_node.bags import make as make_bag
 
     bag = bags_dir / "long"
     if not bag.exists():

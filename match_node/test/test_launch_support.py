@@ -1,6 +1,6 @@
 """What the launch files decide, checked without `launch` or ROS (runs in CI).
 
-launch/*.launch.py hand their arguments to match_node.launch_support: these tests pin the
+launch/*.launch.py hand their arguments to match_node.ros.launch_support: these tests pin the
 parameter precedence (a config file is never overridden by an argument nobody gave), the
 typed values, and the replay plans for mono, compressed and stereo bags.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from match_node import launch_support as S
-from match_node import make_bag
+from match_node.ros import launch_support as S
+from match_node.bags import make as make_bag
 from match_node import params as P
 
 PACKAGE = Path(__file__).resolve().parents[1]

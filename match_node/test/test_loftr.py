@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import torch
 
-from match_node import weights as W
+from match_node.engine import weights as W
 from match_node.models.loftr import LoFTR, linear_attention, sine_encoding
 
 kornia_loftr = pytest.importorskip("kornia.feature.loftr.loftr")
@@ -73,7 +73,7 @@ def gray(image: np.ndarray) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def photo():
-    from match_node.sequence import load_photo
+    from match_node.groundtruth.planar import load_photo
     return load_photo("coffee")
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from match_node import Pipeline, SequentialMatcher
-from match_node.lowtexture import (FRAME_KINDS, KINDS, degrade_frame, make_pair, render,
+from match_node.groundtruth.lowtexture import (FRAME_KINDS, KINDS, degrade_frame, make_pair, render,
                                    view_pair)
-from match_node.sequence import make_sequence, reprojection_errors
-from match_node.texture import (TEXTURELESS_SIFT, contrast_normalise, epipolar_inliers,
+from match_node.groundtruth.planar import make_sequence, reprojection_errors
+from match_node.engine.texture import (TEXTURELESS_SIFT, contrast_normalise, epipolar_inliers,
                                 measure_texture)
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "match_node.yaml"

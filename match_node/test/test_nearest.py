@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from match_node.models.lightglue import EXIT_NO_KEYPOINTS
+from match_node.messages import EXIT_NO_KEYPOINTS
 from match_node.models.nearest import NearestNeighbor
 
 

@@ -19,7 +19,7 @@ from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
-from match_node.sequence import make_sequence, reprojection_errors  # noqa: E402
+from match_node.groundtruth.planar import make_sequence, reprojection_errors  # noqa: E402
 
 FRAME_SIZE = (320, 240)
 

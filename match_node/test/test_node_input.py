@@ -18,8 +18,8 @@ from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
-from match_node import image as image_module  # noqa: E402
-from match_node.sequence import make_sequence  # noqa: E402
+from match_node.engine import image as image_module  # noqa: E402
+from match_node.groundtruth.planar import make_sequence  # noqa: E402
 
 from test_untrusted_input import constant_png  # noqa: E402
 

@@ -8,8 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from match_node import bags, make_bag, messages
-from match_node.offline import run_offline
+from match_node import messages
+from match_node.bags import rosbag as bags
+from match_node.bags import make as make_bag
+from match_node.bags.offline import run_offline
 
 FRAMES = 6
 PARAMS = {"device": "cpu", "max_keypoints": 512, "allow_download": False}
@@ -49,7 +51,7 @@ def test_offline_runner(mono_bag, tmp_path):
     out_cli = tmp_path / "cli"
     summary_path = tmp_path / "summary.json"
     run = subprocess.run(
-        [sys.executable, "-m", "match_node.offline", str(mono_bag), str(out_cli),
+        [sys.executable, "-m", "match_node.bags.offline", str(mono_bag), str(out_cli),
          "--topic", make_bag.MONO_IMAGE, *sum((["--set", f"{k}={str(v).lower()}"]
                                                for k, v in PARAMS.items()), []),
          "--summary", str(summary_path)],
@@ -97,11 +99,11 @@ def test_offline_runner(mono_bag, tmp_path):
 
 
 def test_offline_errors(mono_bag, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "match_node.offline", str(mono_bag),
+    run = subprocess.run([sys.executable, "-m", "match_node.bags.offline", str(mono_bag),
                           str(tmp_path / "o"), "--topic", "/nope", "--set", "device=cpu"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "/camera/image_raw" in run.stderr
-    run = subprocess.run([sys.executable, "-m", "match_node.offline", str(mono_bag),
+    run = subprocess.run([sys.executable, "-m", "match_node.bags.offline", str(mono_bag),
                           str(tmp_path / "o"), "--topic", make_bag.MONO_IMAGE,
                           "--set", "max_keypoints=0"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "max_keypoints" in run.stderr

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from match_node import ParameterError, Pipeline, SequentialMatcher
-from match_node.models.lightglue import EXIT_NO_KEYPOINTS
-from match_node.sequence import make_sequence, reprojection_errors
+from match_node.messages import EXIT_NO_KEYPOINTS
+from match_node.groundtruth.planar import make_sequence, reprojection_errors
 
 
 
@@ -177,7 +177,7 @@ def test_blank_frames_give_empty_valid_results(pipeline, coffee_pair):
 
 
 def test_budget_generous_changes_nothing_tight_exits_early(coffee_pair):
-    from match_node.models.lightglue import EXIT_BUDGET
+    from match_node.messages import EXIT_BUDGET
     image0, image1, homography = coffee_pair
     free = Pipeline(device="cpu", max_keypoints=512, allow_download=False)
     generous = Pipeline(device="cpu", max_keypoints=512, allow_download=False,

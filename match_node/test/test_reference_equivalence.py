@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from match_node import weights as W
+from match_node.engine import weights as W
 from match_node.models.aliked import ALIKED
 from match_node.models.lightglue import LightGlue
 
@@ -24,7 +24,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def images():
-    from match_node.sequence import load_photo
+    from match_node.groundtruth.planar import load_photo
     out = {}
     for name in ("coffee", "astronaut"):
         photo = load_photo(name)

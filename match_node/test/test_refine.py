@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from match_node.refine import refine_lk, refine_patch, to_gray
-from match_node.sequence import load_photo, reprojection_errors
+from match_node.engine.refine import refine_lk, refine_patch, to_gray
+from match_node.groundtruth.planar import load_photo, reprojection_errors
 
 from conftest import warp
 
@@ -73,7 +73,7 @@ def test_stream_reports_one_position_per_keypoint():
     """A keypoint refined as the current frame's is reported at that same position when its
     frame is the next pair's reference, so multi-frame tracks see one position per frame."""
     from match_node import Pipeline, SequentialMatcher
-    from match_node.sequence import make_sequence
+    from match_node.groundtruth.planar import make_sequence
     sequence = make_sequence("coffee", num_frames=3, size=(320, 240), step=4)
     stream = SequentialMatcher(Pipeline(device="cpu", max_keypoints=300, allow_download=False))
     results = [stream.push(frame, t).result for t, frame in enumerate(sequence.frames)][1:]

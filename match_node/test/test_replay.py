@@ -20,7 +20,8 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 
-from match_node import bags, make_bag  # noqa: E402
+from match_node.bags import rosbag as bags  # noqa: E402
+from match_node.bags import make as make_bag
 from match_node.ros.replay import header_stamp_ns  # noqa: E402
 
 FRAMES = 6

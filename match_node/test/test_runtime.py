@@ -1,9 +1,9 @@
 import threading
 
 from match_node import params as P
-from match_node.runtime import (ERROR, OK, WARN, FrameStats, LatestSlot, assess_health,
+from match_node.ros.runtime import (ERROR, OK, WARN, FrameStats, LatestSlot, assess_health,
                                 publish_rate)
-from match_node.tracker import Tracker
+from match_node.engine.tracker import Tracker
 
 import numpy as np
 import pytest

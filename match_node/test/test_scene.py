@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from match_node.scene import (FULL_FOCAL_PX, FULL_SIZE, load_motorcycle, relative_motion,
+from match_node.groundtruth.scene import (FULL_FOCAL_PX, FULL_SIZE, load_motorcycle, relative_motion,
                               render, render_depth, right_camera, scale_intrinsics,
                               stereo_pair, trajectory, true_correspondences)
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from match_node import weights as W
+from match_node.engine import weights as W
 from match_node.models.lightglue import LightGlue
 from match_node.models.sift import SIFT, keep_unique_locations, root_sift
-from match_node.sequence import load_photo, reprojection_errors
+from match_node.groundtruth.planar import load_photo, reprojection_errors
 
 from conftest import HOMOGRAPHY, warp
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from match_node.stereo import StereoMatcher, StereoSynchronizer, epipolar_mask
+from match_node.engine.stereo import StereoMatcher, StereoSynchronizer, epipolar_mask
 
 
 def test_exact_pairs_and_unpaired_drops():

@@ -39,8 +39,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from match_node import weights as W
-from match_node.models.lightglue import EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS
+from match_node.engine import weights as W
+from match_node.messages import EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS
 from match_node.models.superglue import SuperGlue, log_optimal_transport
 
 KENC = [3, 32, 64, 128, 256, 256]

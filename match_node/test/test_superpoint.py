@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from match_node import weights as W
+from match_node.engine import weights as W
 from match_node.models.superpoint import SuperPoint
 
 skimage_data = pytest.importorskip("skimage.data")

@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from match_node.sequence import LOW_TEXTURE_KINDS, load_photo, low_texture
-from match_node.texture import MatcherSwitch, Texture, measure_texture
+from match_node.groundtruth.planar import LOW_TEXTURE_KINDS, load_photo, low_texture
+from match_node.engine.texture import MatcherSwitch, Texture, measure_texture
 
 SWITCH = MatcherSwitch()
 

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from match_node import image as image_module
-from match_node.image import ImageError, checked_stamp_ns, compressed_image_size, decode_compressed
+from match_node.engine import image as image_module
+from match_node.engine.image import ImageError, checked_stamp_ns, compressed_image_size, decode_compressed
 
 LIMIT = 16_777_216  # the node's default max_input_pixels
 
@@ -224,8 +224,8 @@ def test_malformed_stamps_are_image_errors(sec, nanosec, fragment):
 # --- the offline runner (bags) checks the same before decoding -----------------------------
 def test_offline_runner_drops_a_compressed_bomb_before_decoding(pipeline, huge_png,
                                                                 no_decoding):
-    from match_node import bags
-    from match_node.offline import MonoRunner
+    from match_node.bags import rosbag as bags
+    from match_node.bags.offline import MonoRunner
     ts = bags.typestore()
     message = bags.make_message(ts, bags.COMPRESSED_IMAGE, {
         "header": bags.header_fields(5 * 10**9, "cam"), "format": "png",

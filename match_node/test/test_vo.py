@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from match_node import Pipeline
-from match_node.scene import (load_motorcycle, project, relative_motion, render,
+from match_node.groundtruth.scene import (load_motorcycle, project, relative_motion, render,
                               render_depth, stereo_pair, trajectory)
 from match_node.vo import (Odometry, PoseEstimate, pose_errors, relative_pose,
                            scale_from_depths, stereo_depth, triangulate)

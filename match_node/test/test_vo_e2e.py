@@ -18,7 +18,9 @@ from test_node import node_command  # noqa: E402
 
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
-from match_node import bags, make_bag, vo  # noqa: E402
+from match_node import vo  # noqa: E402
+from match_node.bags import rosbag as bags
+from match_node.bags import make as make_bag
 
 FRAMES = 6
 SIZE = (370, 250)  # half the Middlebury resolution: quick on two cores
@@ -31,7 +33,7 @@ def scene_bag(tmp_path_factory):
     """Frames rendered along the 6-DoF path with 6 cm steps: at half resolution, the default
     2.5 cm steps leave some pairs with too little parallax for a reliable direction (the VO
     library then refuses them, as it should)."""
-    from match_node import scene
+    from match_node.groundtruth import scene
     world = scene.load_motorcycle()
     poses = scene.trajectory(FRAMES, seed=0, step_m=0.06)
     K = scene.scale_intrinsics(world.K, world.size, SIZE)
@@ -111,7 +113,7 @@ def _relative(T_a: np.ndarray, T_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 @pytest.fixture(scope="module")
 def stereo_bag(tmp_path_factory):
-    from match_node import scene
+    from match_node.groundtruth import scene
     world = scene.load_motorcycle()
     poses = scene.trajectory(FRAMES, seed=0, step_m=0.06)
     K = scene.scale_intrinsics(world.K, world.size, SIZE)

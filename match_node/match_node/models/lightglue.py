@@ -22,10 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EXIT_FULL_DEPTH = 0
-EXIT_CONFIDENCE = 1
-EXIT_BUDGET = 2
-EXIT_NO_KEYPOINTS = 3
+from ..messages import EXIT_BUDGET, EXIT_CONFIDENCE, EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS
 
 # The official feature configurations: descriptor dimension, positional inputs and, for
 # XFeat's LighterGlue, a smaller transformer (96-d, 1 head, 6 layers, no early exit by default).

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .lightglue import EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS, MatchOutput
+from ..messages import EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS
+from .lightglue import MatchOutput
 
 
 def pairwise_distances(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lightglue import (EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS, LayerHook, MatchOutput,
-                        filter_matches)
+from ..messages import EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS
+from .lightglue import LayerHook, MatchOutput, filter_matches
 
 NUM_HEADS = 4
 

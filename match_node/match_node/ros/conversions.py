@@ -9,9 +9,9 @@ from match_node_msgs.msg import Correspondences
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from ..image import ImageError, checked_stamp_ns, decode_compressed, decode_raw
+from ..engine.image import ImageError, checked_stamp_ns, decode_compressed, decode_raw
 from ..messages import ARRAY_FIELDS, correspondence_fields, msg_arrays  # noqa: F401 (re-exported for consumers)
-from ..pipeline import MatchResult
+from ..engine.results import MatchResult
 
 
 def image_to_array(msg: Image | CompressedImage, max_pixels: int | None = None) -> np.ndarray:

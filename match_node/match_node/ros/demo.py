@@ -32,7 +32,7 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from ..sequence import make_sequence, reprojection_errors  # noqa: E402
+from ..groundtruth.planar import make_sequence, reprojection_errors  # noqa: E402
 from ..viz import draw_matches  # noqa: E402
 from .conversions import msg_arrays, stamp_to_ns  # noqa: E402
 

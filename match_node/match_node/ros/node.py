@@ -45,11 +45,12 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from .. import params as P
-from ..image import ImageError
-from ..pipeline import Pipeline, SequentialMatcher
-from ..runtime import FrameStats, LatestSlot, assess_health
+from ..engine.image import ImageError
+from ..engine.pipeline import Pipeline
+from ..engine.stream import SequentialMatcher
+from .runtime import FrameStats, LatestSlot, assess_health
 from ..viz import draw_matches
-from ..weights import WeightsError
+from ..engine.weights import WeightsError
 from .conversions import image_to_array, result_to_msg, stamp_to_ns
 
 

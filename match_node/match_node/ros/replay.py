@@ -67,7 +67,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .. import bags
+from ..bags import rosbag as bags
 
 DEFAULT_WAIT_TYPE = bags.CORRESPONDENCES
 EXIT_TIMEOUTS = 3

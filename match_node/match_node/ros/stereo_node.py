@@ -23,8 +23,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from rclpy.qos import qos_profile_sensor_data
 
-from ..image import ImageError
-from ..stereo import StereoMatcher, StereoSynchronizer
+from ..engine.image import ImageError
+from ..engine.stereo import StereoMatcher, StereoSynchronizer
 from .conversions import stamp_to_ns
 from .node import MatchNode, main as node_main
 

@@ -1,6 +1,6 @@
 """Small ROS 2 bags of real images with ground truth, for tests, demos and the offline runner.
 
-    python -m match_node.make_bag OUT --kind mono|stereo|mono3d [--frames N] [--storage sqlite3|mcap]
+    python -m match_node.bags.make OUT --kind mono|stereo|mono3d [--frames N] [--storage sqlite3|mcap]
                                   [--size 320x240] [--photo coffee] [--rate 10] [--compressed png|jpeg]
                                   [--step PX] [--step-m M] [--log-delay-ms MS] [--seed N]
 
@@ -25,10 +25,10 @@ No ROS needed (rosbags writes the bag). Topics written:
                                       Float64MultiArray has no header: it is recorded at the
                                       same log time as its image, which is how readers pair them
 
-`--kind mono` is a planar scene (match_node.sequence.make_sequence: a camera moving over a real
+`--kind mono` is a planar scene (match_node.groundtruth.planar.make_sequence: a camera moving over a real
 photograph with exact homographies). Its CameraInfo is nominal (fx = fy = width, principal point
 at the centre): a homography sequence has no metric camera. `--kind stereo` (and `mono3d`, its
-left camera alone on the mono topics) renders the 3D scene of match_node.scene (a real
+left camera alone on the mono topics) renders the 3D scene of match_node.groundtruth.scene (a real
 Middlebury stereo photograph with measured depth) along a 6-DoF path, with its true K, poses
 and baseline; `render_scene` is the one adapter to that renderer.
 
@@ -52,7 +52,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import bags
+from . import rosbag as bags
 
 MONO_IMAGE = "/camera/image_raw"
 MONO_INFO = "/camera/camera_info"
@@ -217,7 +217,7 @@ def mono_bag(path: str | Path, num_frames: int = 10, size: tuple[int, int] = (32
              storage: str = "sqlite3", seed: int = 0, compressed: str | None = None,
              log_delay_ns: int = 5_000_000) -> Path:
     """A planar real-image sequence (sequence.make_sequence) with its homographies."""
-    from .sequence import make_sequence
+    from ..groundtruth.planar import make_sequence
 
     sequence = make_sequence(photo, num_frames=num_frames, size=size, step=step, seed=seed)
     return write_sequence_bag(path, sequence.frames, stamps(num_frames, rate_hz),
@@ -231,14 +231,14 @@ DEFAULT_STEP_M = 0.06
 
 def render_scene(kind: str, num_frames: int, size: tuple[int, int], seed: int,
                  step_m: float = DEFAULT_STEP_M) -> dict:
-    """Frames of the 3D renderer (match_node.scene) as write_sequence_bag's keyword arguments:
+    """Frames of the 3D renderer (match_node.groundtruth.scene) as write_sequence_bag's keyword arguments:
     frames, K, poses (world-to-camera) and, for stereo, right_frames and baseline.
 
     This is the one place that knows the renderer's API (load_motorcycle, trajectory,
     scale_intrinsics, render, stereo_pair); adapt it here when that changes.
     """
     try:
-        from . import scene as renderer
+        from ..groundtruth import scene as renderer
         world = renderer.load_motorcycle()
         poses = renderer.trajectory(num_frames, seed=seed, step_m=step_m)
         K = renderer.scale_intrinsics(world.K, world.size, size)
@@ -250,7 +250,7 @@ def render_scene(kind: str, num_frames: int, size: tuple[int, int], seed: int,
         return {"frames": [renderer.render(world, T, size)[0] for T in poses], "K": K,
                 "poses": poses}
     except (ImportError, AttributeError, TypeError) as error:
-        raise SystemExit(f"error: --kind {kind} needs the 3D renderer match_node.scene with "
+        raise SystemExit(f"error: --kind {kind} needs the 3D renderer match_node.groundtruth.scene with "
                          f"the API make_bag.render_scene expects ({type(error).__name__}: "
                          f"{error})") from None
 
@@ -266,14 +266,14 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m match_node.make_bag",
+    parser = argparse.ArgumentParser(prog="python -m match_node.bags.make",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("out", help="bag directory to create (must not exist)")
     parser.add_argument("--kind", choices=("mono", "stereo", "mono3d"), default="mono",
                         help="mono: planar scene with homographies; stereo: 3D scene "
-                             "(match_node.scene) with poses; mono3d: its left camera alone")
+                             "(match_node.groundtruth.scene) with poses; mono3d: its left camera alone")
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--storage", choices=bags.STORAGES, default="sqlite3")
     parser.add_argument("--size", type=parse_size, default=(320, 240), help="WIDTHxHEIGHT")

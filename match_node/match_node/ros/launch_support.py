@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from . import params as P
+from .. import params as P
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -250,7 +250,7 @@ def bag_topic_types(bag: str) -> dict[str, str]:
     """{topic: message type} of a bag (rosbags; no ROS), or LaunchArgumentError naming it."""
     from pathlib import Path
 
-    from . import bags
+    from ..bags import rosbag as bags
     if not given(bag):
         raise LaunchArgumentError("launch argument 'bag' is required: bag:=/path/to/bag")
     if not Path(bag).exists():

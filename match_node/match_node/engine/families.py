@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from .models.lightglue import FEATURES
+from ..models.lightglue import FEATURES
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,9 @@ def lightglue_checkpoint(family: ExtractorFamily) -> str:
 def lightglue_rename(family: ExtractorFamily) -> Callable[[dict], dict]:
     """Key renaming for the family's LightGlue file (XFeat's holds extractor and matcher)."""
     if family.lightglue == "xfeat":
-        from .models.xfeat import lighterglue_rename
+        from ..models.xfeat import lighterglue_rename
         return lighterglue_rename
-    from .models.lightglue import LightGlue
+    from ..models.lightglue import LightGlue
     return LightGlue.rename_official_keys
 
 
@@ -145,7 +145,7 @@ def _refusal(family: ExtractorFamily, matcher: str) -> str | None:
 
 def supported_matchers(extractor: str) -> tuple[str, ...]:
     """The `matcher` values that work with `extractor`, in params.MATCHERS order."""
-    from .params import MATCHERS
+    from ..params import MATCHERS
     return tuple(m for m in MATCHERS if _refusal(EXTRACTOR_FAMILIES[extractor], m) is None)
 
 
@@ -179,7 +179,7 @@ def _quoted(names: tuple[str, ...] | list[str]) -> str:
 
 def check_combination(extractor: str, matcher: str) -> None:
     """Refuse combinations that cannot work (see combination_problem), with the reason."""
-    from .params import ParameterError
+    from ..params import ParameterError
     problem = combination_problem(extractor, matcher)
     if problem is not None:
         raise ParameterError(problem)

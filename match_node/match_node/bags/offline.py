@@ -1,6 +1,6 @@
 """Bag in, bag out: match every frame of a recorded image topic, without ROS or DDS.
 
-    python -m match_node.offline IN_BAG OUT_BAG --topic /camera/image_raw
+    python -m match_node.bags.offline IN_BAG OUT_BAG --topic /camera/image_raw
         [--config FILE.yaml] [--set name=value ...] [--output-topic TOPIC]
         [--storage sqlite3|mcap] [--copy TOPIC ...] [--summary FILE.json] [--quiet]
 
@@ -32,15 +32,12 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import bags
-from . import params as P
-from .image import ImageError
-from .messages import (EXIT_BUDGET, EXIT_CONFIDENCE, EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS,
-                       PAIRING_SEQUENTIAL, correspondence_fields)
+from . import rosbag as bags
+from .. import params as P
+from ..engine.image import ImageError
+from ..messages import EXIT_NAMES, PAIRING_SEQUENTIAL, correspondence_fields
 
 GROUND_TRUTH_HOMOGRAPHY = "/ground_truth/homography"
-EXIT_NAMES = {EXIT_FULL_DEPTH: "full_depth", EXIT_CONFIDENCE: "confidence",
-              EXIT_BUDGET: "budget", EXIT_NO_KEYPOINTS: "no_keypoints"}
 TIMINGS = ("preprocess_ms", "extract_ms", "match_ms", "total_ms")
 
 
@@ -81,7 +78,7 @@ class MonoRunner:
 
     def __init__(self, pipeline, image_topic: str, output_topic: str,
                  on_stamp_backwards: str = "reset", max_input_pixels: int = 1 << 24) -> None:
-        from .pipeline import SequentialMatcher
+        from ..engine.stream import SequentialMatcher
 
         self.pipeline = pipeline
         self.image_topic = image_topic
@@ -142,7 +139,7 @@ class MonoRunner:
 
 def evaluate(fields: dict[str, Any], H: np.ndarray) -> tuple[np.ndarray, int]:
     """Reprojection errors of a message's matches under the true homography H (ref -> cur)."""
-    from .sequence import reprojection_errors
+    from ..groundtruth.planar import reprojection_errors
 
     ref = np.stack([fields["reference_x"], fields["reference_y"]], 1).astype(np.float64)
     cur = np.stack([fields["current_x"], fields["current_y"]], 1).astype(np.float64)
@@ -210,7 +207,7 @@ def run_offline(in_bag: str | Path, out_bag: str | Path, topic: str,
         raise bags.BagError(f"{in_bag}: no image topic {topic}; image topics: "
                             f"{', '.join(sorted(images)) or 'none'}")
     if pipeline is None:
-        from .pipeline import Pipeline
+        from ..engine.pipeline import Pipeline
         pipeline = Pipeline({k: v for k, v in values.items() if P.SPECS[k].scope == "pipeline"})
     output_topic = output_topic or bags.correspondences_topic_for(topic)
     runner = MonoRunner(pipeline, topic, output_topic, values["on_stamp_backwards"],
@@ -282,7 +279,7 @@ def _print_frame(record: FrameLog) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m match_node.offline", description=__doc__.split("\n\n")[0],
+        prog="python -m match_node.bags.offline", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Parameters (--set): " + ", ".join(s.name for s in P.PARAMETERS))
     parser.add_argument("in_bag", help="input bag (directory, or a .db3/.mcap file)")
@@ -314,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     if Path(args.out_bag).exists():
         print(f"error: {args.out_bag} exists already", file=sys.stderr)
         return 2
-    from .weights import WeightsError
+    from ..engine.weights import WeightsError
 
     copy = None
     if args.copy:

@@ -17,7 +17,9 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from .pipeline import MatchResult, Pipeline, SequentialMatcher, StreamEvent
+from .pipeline import Pipeline
+from .results import MatchResult, StreamEvent
+from .stream import SequentialMatcher
 from .refine import to_gray
 
 T = TypeVar("T")

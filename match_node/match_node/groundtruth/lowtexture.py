@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .sequence import load_photo
+from .planar import load_photo
 
 # Frame kinds degrade each rendered frame; scene kinds change the surface before rendering.
 FRAME_KINDS = ("blur", "low_contrast", "blur_low_contrast", "fog", "dark", "motion_blur")

@@ -3,7 +3,7 @@
 No rclpy here (the core must run without ROS). Messages are rosbags' dataclasses; their CDR
 bytes are exactly what ROS 2 records and publishes.
 
-    from match_node import bags
+    from match_node.bags import rosbag as bags
     for frame in bags.read_images("run.bag", ["/camera/image_raw"]):   # in log-time order
         frame.image, frame.stamp_ns, frame.log_time_ns, frame.frame_id
     info = bags.read_camera_info("run.bag", "/camera/camera_info")     # K, D, P, size
@@ -37,7 +37,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.base import Nodetype
 
-from .messages import MSGTYPE as CORRESPONDENCES, time_fields, time_to_ns
+from ..messages import MSGTYPE as CORRESPONDENCES, time_fields, time_to_ns
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -66,7 +66,7 @@ def correspondences_msg_path() -> Path:
         tried.append(str(candidate))
         if marker.exists() and candidate.is_file():
             return candidate
-    candidate = Path(__file__).resolve().parents[2] / "match_node_msgs" / "msg" / "Correspondences.msg"
+    candidate = Path(__file__).resolve().parents[3] / "match_node_msgs" / "msg" / "Correspondences.msg"
     tried.append(str(candidate))
     if candidate.is_file():
         return candidate
@@ -446,7 +446,7 @@ def decode_image(msg: Any, max_pixels: int | None = None) -> np.ndarray:
     """Pixels of a rosbags sensor_msgs/Image or CompressedImage (raises image.ImageError).
     With `max_pixels`, a CompressedImage larger than that is refused before decoding."""
     # Imported here: image.py brings torch, which the bag tools and the replay never need.
-    from .image import decode_compressed, decode_raw
+    from ..engine.image import decode_compressed, decode_raw
     if msg.__msgtype__ == COMPRESSED_IMAGE:
         return decode_compressed(msg.data, max_pixels)
     image = decode_raw(msg.data, msg.height, msg.width, msg.encoding, msg.step,

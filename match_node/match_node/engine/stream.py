@@ -1,0 +1,269 @@
+"""A stream of frames: each frame extracted once, matched to the previous one, with persistent
+track ids, the texture switch of matcher 'auto', stamp checks and refinement.
+
+    stream = SequentialMatcher(Pipeline(...))
+    event = stream.push(image, stamp_ns)    # event.result: matches to the previous frame
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import params as P
+from ..messages import EXIT_NO_KEYPOINTS
+from .budget import FrameRecord
+from .pipeline import Pipeline
+from .refine import to_gray
+from .results import Features, LoftrFeatures, MatchResult, StreamEvent
+from .texture import TEXTURELESS_LOFTR, TEXTURELESS_SIFT
+from .tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Frame:
+    """One frame of a stream: its image and whatever features it has needed so far."""
+    image: np.ndarray
+    image_size: tuple[int, int]
+    matcher: str                          # the matcher chosen for this frame
+    features: Features | None = None      # extractor keypoints (LightGlue, texture)
+    loftr: LoftrFeatures | None = None    # computed when LoFTR needs this frame
+    sift: Features | None = None          # computed when the SIFT textureless path needs it
+    gray: np.ndarray | None = None        # float gray image, kept for refinement
+    # Keypoint positions after refinement (N x 2): where this frame was the current one its
+    # matched keypoints moved; as the next pair's reference it reports the same positions.
+    positions: np.ndarray | None = None
+    sift_positions: np.ndarray | None = None  # the same for its SIFT keypoints
+
+
+class SequentialMatcher:
+    """Match each frame to the previous one, extracting every frame once, with track ids.
+
+    Stamps are integers (ns). A frame whose stamp is not newer than the previous one is
+    dropped (`on_stamp_backwards="drop"`) or restarts tracking (`"reset"`); a frame whose
+    stamp jumps by more than `max_stamp_jump_s` either way, and a frame of a new size (the
+    camera changed: its intrinsics did too), always restart tracking.
+
+    With matcher 'auto' every frame's keypoints give its texture, and a MatcherSwitch (with
+    hysteresis) picks LightGlue or the textureless path (LoFTR, or SIFT on contrast-normalised
+    images without a LoFTR file) for the pair it ends; the textureless path's features of the
+    previous frame are computed when it has none yet. A pair LightGlue leaves with fewer than
+    `texture_min_matches` matches is matched on the textureless path too, and the result
+    with more matches is published (so the first textureless frame, before the switch, is
+    not lost). Tracks restart when the matcher changes, because the two paths' keypoints are
+    different points (LoFTR's are coarse grid cells).
+    """
+
+    def __init__(self, pipeline: Pipeline, on_stamp_backwards: str = "reset",
+                 max_stamp_jump_s: float | None = None) -> None:
+        if on_stamp_backwards not in ("reset", "drop"):
+            raise P.ParameterError("on_stamp_backwards must be 'reset' or 'drop'")
+        self.pipeline = pipeline
+        self.on_stamp_backwards = on_stamp_backwards
+        # None: the pipeline's parameter, read at every frame so run-time changes apply.
+        self._max_stamp_jump_s = (None if max_stamp_jump_s is None
+                                  else P.SPECS["max_stamp_jump_s"].validate(max_stamp_jump_s))
+        self.tracker = Tracker()
+        self.switch = pipeline.matcher_switch()
+        self.previous: Frame | None = None
+        self.previous_stamp: int | None = None
+        self.frame_index = -1
+        self.tracks_reset_pending = True
+        self.refine_skipped = 0  # frames whose refinement the latency budget skipped
+        self._record: FrameRecord | None = None
+        self._record_size: tuple[int, int] = (0, 0)
+
+    @property
+    def current_matcher(self) -> str:
+        """The matcher the stream is on (the keypoint matcher's name, 'loftr' or
+        'sift-clahe+nn')."""
+        mode = self.pipeline.matcher_name
+        if mode == "auto":
+            return self.switch.current
+        return "loftr" if mode == "loftr" else self.pipeline.detector_matcher
+
+    @property
+    def max_stamp_jump_s(self) -> float:
+        """Stamp difference (s, either way) beyond which tracking restarts; 0 = no limit."""
+        if self._max_stamp_jump_s is not None:
+            return self._max_stamp_jump_s
+        return float(self.pipeline.params.get("max_stamp_jump_s",
+                                              P.SPECS["max_stamp_jump_s"].default))
+
+    def _stamp_jump(self, stamp_ns: int) -> str | None:
+        """Why tracking must restart at a frame of this stamp (a jump beyond the limit)."""
+        limit = self.max_stamp_jump_s
+        if self.previous_stamp is None or limit <= 0:
+            return None
+        step = stamp_ns - self.previous_stamp
+        if abs(step) <= limit * 1e9:
+            return None
+        return (f"frame stamp {stamp_ns} ns jumped {'forwards' if step > 0 else 'backwards'} "
+                f"by {abs(step) / 1e9:.6g} s from the previous {self.previous_stamp} ns "
+                f"(more than max_stamp_jump_s={limit:g}); tracking restarts at this frame")
+
+    def reset(self) -> None:
+        self.previous = None
+        self.previous_stamp = None
+
+    def push(self, image: np.ndarray, stamp_ns: int, started_ms: float | None = None) -> StreamEvent:
+        """Process one frame; raises ImageError for unusable images (counted by the caller).
+
+        `started_ms` is when the frame's latency budget started, on the pipeline's clock
+        (`pipeline.budget.clock()`), e.g. when the node took the frame; default: now.
+        """
+        self.finish_frame()  # the previous frame's record, if the caller did not close it
+        budget = self.pipeline.budget
+        start = budget.clock() if started_ms is None else started_ms
+        self.frame_index += 1
+        index = self.frame_index
+        jump = self._stamp_jump(stamp_ns)
+        if jump is not None:
+            # Before the backwards policy: with 'drop', a far-future stamp would otherwise
+            # make every later (correct) frame look old and drop them all.
+            self._start(self._frame(image, start), stamp_ns)
+            return StreamEvent(None, None, index, restarted=True, note=jump)
+        if self.previous_stamp is not None and stamp_ns <= self.previous_stamp:
+            note = (f"frame stamp {stamp_ns} ns is not newer than the previous "
+                    f"{self.previous_stamp} ns")
+            if self.on_stamp_backwards == "drop":
+                return StreamEvent(None, None, index, dropped=True, note=note + "; dropped")
+            self.reset()
+            note += "; tracking restarts at this frame"
+            self._start(self._frame(image, start), stamp_ns)
+            return StreamEvent(None, None, index, restarted=True, note=note)
+        frame = self._frame(image, start)
+        previous = self.previous
+        if previous is None:
+            self._start(frame, stamp_ns)
+            return StreamEvent(None, None, index, restarted=True)
+        if frame.image_size != previous.image_size:
+            note = (f"image size changed from {previous.image_size[0]}x"
+                    f"{previous.image_size[1]} to {frame.image_size[0]}x"
+                    f"{frame.image_size[1]}; tracking restarts at this frame")
+            self._start(frame, stamp_ns)
+            return StreamEvent(None, None, index, restarted=True, note=note)
+
+        if frame.matcher in (TEXTURELESS_LOFTR, TEXTURELESS_SIFT):
+            match_start = budget.clock()
+            result, counts = self._match_textureless(previous, frame, start)
+            if self._record is not None:  # its time is not the extractor's nor overhead
+                self._record.match_ms = budget.clock() - match_start
+        else:
+            result = self.pipeline.match_features(previous.features, frame.features,
+                                                  hook=budget.deadline(start))
+            counts = (len(previous.features), len(frame.features))
+            if self._record is not None:
+                self._record.match_ms = result.timings["match_ms"]
+            if self.pipeline.refining:
+                self._refine(previous, frame, result, start)
+            if self.pipeline.rescues(result):
+                # Too thin to publish (typically the first textureless frame, before the
+                # switch): the textureless path too, and the result with more matches.
+                match_start = budget.clock()
+                other, other_counts = self._match_textureless(previous, frame, start)
+                if self._record is not None:
+                    self._record.match_ms += budget.clock() - match_start
+                if len(other) > len(result):
+                    result, counts = other, other_counts
+                    frame.matcher = self.pipeline.textureless_path
+        if self.tracker.space != frame.matcher:
+            # Another matcher's keypoints are other points: their tracks start afresh.
+            self.tracker.start(counts[0], space=frame.matcher)
+            self.tracks_reset_pending = True
+        result.track_ids = self.tracker.update(counts[1], result.indices0, result.indices1)
+        reference_stamp = self.previous_stamp
+        previous.image = None  # no longer needed: its features are cached where needed
+        self.previous, self.previous_stamp = frame, stamp_ns
+        result.timings["total_ms"] = budget.clock() - start
+        if self._record is not None:
+            self._record.total_ms = result.timings["total_ms"]
+        event = StreamEvent(result, reference_stamp, index,
+                            tracks_reset=self.tracks_reset_pending)
+        self.tracks_reset_pending = False
+        if result.exit_reason == EXIT_NO_KEYPOINTS and result.num_keypoints1 == 0:
+            event.note = "no keypoints in this frame (blank or textureless image)"
+        return event
+
+    def _match_textureless(self, previous: Frame, frame: Frame,
+                           start: float) -> tuple[MatchResult, tuple[int, int]]:
+        """Match the pair on matcher 'auto''s textureless path (LoFTR, or SIFT on
+        contrast-normalised images), computing what each frame lacks; returns the result and
+        the keypoint counts of both frames (the tracker's index spaces)."""
+        pipeline = self.pipeline
+        if pipeline.textureless_path == TEXTURELESS_SIFT:
+            if previous.sift is None:
+                previous.sift = pipeline.extract_textureless(previous.image)
+            if frame.sift is None:
+                frame.sift = pipeline.extract_textureless(frame.image)
+            result = pipeline.match_textureless(previous.sift, frame.sift)
+            if pipeline.refining:
+                self._refine(previous, frame, result, start, sift=True)
+            return result, (len(previous.sift), len(frame.sift))
+        if previous.loftr is None:
+            previous.loftr = pipeline.extract_loftr(previous.image)
+        if frame.loftr is None:
+            frame.loftr = pipeline.extract_loftr(frame.image)
+        result = pipeline.match_loftr(previous.loftr, frame.loftr)
+        return result, (previous.loftr.num_cells, frame.loftr.num_cells)
+
+    def _refine(self, previous: Frame, frame: Frame, result: MatchResult, start: float,
+                sift: bool = False) -> None:
+        """Sub-pixel refinement of the pair's current keypoints, when it fits the budget
+        (`sift`: of the SIFT textureless path's keypoints)."""
+        reference = previous.sift_positions if sift else previous.positions
+        if reference is not None:
+            result.keypoints0 = reference[result.indices0].astype(np.float32)
+        if frame.gray is None:  # refinement was switched on at run time
+            frame.gray = to_gray(frame.image)
+        if not len(result) or previous.gray is None:
+            return
+        if not self.pipeline.refine_fits(len(result), start):
+            self.refine_skipped += 1
+            return
+        self.pipeline.refine_result(result, previous.gray, frame.gray)
+        features = frame.sift if sift else frame.features
+        positions = features.keypoints.cpu().numpy().astype(np.float32)
+        refined = result.refined.astype(bool)
+        positions[result.indices1[refined]] = result.keypoints1[refined]
+        if sift:
+            frame.sift_positions = positions
+        else:
+            frame.positions = positions
+
+    def _frame(self, image: np.ndarray, start: float) -> Frame:
+        """Extract what every frame needs and choose its matcher."""
+        mode = self.pipeline.matcher_name
+        if mode == "loftr":  # no keypoints needed: LoFTR's backbone runs when matching
+            self._record = None
+            return Frame(image, (image.shape[1], image.shape[0]), "loftr")
+        budget = self.pipeline.budget
+        features = self.pipeline.extract(image, budget.settings((image.shape[1], image.shape[0])))
+        w, h = features.working_size
+        self._record = FrameRecord(
+            features.preprocess_ms, features.extract_ms, 0.0, budget.clock() - start, w * h,
+            len(features), features.keypoint_cap, max(w, h))
+        self._record_size = features.image_size
+        matcher = (self.switch.update(self.pipeline.texture(features)) if mode == "auto"
+                   else self.pipeline.detector_matcher)
+        gray = to_gray(image) if self.pipeline.refining else None
+        return Frame(image, features.image_size, matcher, features, gray=gray)
+
+    def finish_frame(self, total_ms: float | None = None) -> None:
+        """Give the latency budget the frame's measurements. `total_ms` is the whole frame as
+        the caller saw it (e.g. including publishing); push() calls this itself for a frame
+        the caller did not finish."""
+        if self._record is None:
+            return
+        if total_ms is not None:
+            self._record.total_ms = total_ms
+        self.pipeline.budget.observe(self._record, self._record_size)
+        self._record = None
+
+    def _start(self, frame: Frame, stamp_ns: int) -> None:
+        self.tracker.reset()
+        self.previous, self.previous_stamp = frame, stamp_ns
+        self.tracks_reset_pending = True
