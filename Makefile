@@ -19,8 +19,8 @@ test: setup
 
 # Latency-budget benchmark (minutes on a CPU): results, plots and per-frame data to bench/results.
 bench: setup
-	$(ENV) && python bench/budget.py --frames 40
-	$(ENV) && python bench/budget.py --frames 30 --set detection_threshold=0 --set max_keypoints=1024 --tag _top1024
+	$(ENV) && python -m bench.budget --frames 40
+	$(ENV) && python -m bench.budget --frames 30 --set detection_threshold=0 --set max_keypoints=1024 --tag _top1024
 
 clean:
 	rm -rf build install log out .venv

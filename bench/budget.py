@@ -1,6 +1,6 @@
 """Latency-budget benchmark: latency percentiles, budget misses and correct matches kept.
 
-    python bench/budget.py [--frames 40] [--device cpu] [--output bench/results]
+    python -m bench.budget [--frames 40] [--device cpu] [--output bench/results]
 
 On a real-image sequence at 640x480 (a camera path over a photograph, exact homographies),
 runs ALIKED + LightGlue without a budget, then with budgets at the unbudgeted median and at

@@ -1,6 +1,7 @@
 """Matching accuracy against exact ground truth: real photographs under known homographies.
+Over 400 lines: the evaluation plus the pairs, matchers and metrics the other scripts share.
 
-    python bench/evaluate.py [--methods SUBSTRINGS] [--photos coffee,...] [--threads 2]
+    python -m bench.evaluate [--methods SUBSTRINGS] [--photos coffee,...] [--threads 2]
                              [--superpoint-weights PATH] [--superpoint-lightglue-weights PATH]
                              [--superglue-weights PATH [--superglue-model indoor|outdoor]]
                              [--sift-lightglue-weights PATH]
@@ -37,7 +38,7 @@ import torch
 
 from match_node import Pipeline
 from match_node import params as P
-from match_node.engine.families import EXTRACTOR_FAMILIES
+from match_node.engine.families import EXTRACTOR_FAMILIES, MATCHER_MODES, keypoint_matcher
 from match_node.groundtruth.planar import LOW_TEXTURE_KINDS, load_photo, low_texture, reprojection_errors
 from match_node.engine.weights import CHECKPOINTS
 
@@ -122,12 +123,13 @@ def pipeline_settings(extractor: str) -> dict[str, Any]:
     """The settings our pipeline runs `extractor` + LightGlue at, with default parameters
     (-1 thresholds/radii mean the extractor's own defaults)."""
     p, family = P.defaults("pipeline"), EXTRACTOR_FAMILIES[extractor]
+    lightglue = keypoint_matcher(family, MATCHER_MODES["lightglue"]).options(family, p)
     return {"max_keypoints": p["max_keypoints"],
             "detection_threshold": (family.own_threshold if p["detection_threshold"] < 0
                                     else p["detection_threshold"]),
             "nms_radius": family.own_nms_radius if p["nms_radius"] < 0 else p["nms_radius"],
-            "depth_confidence": p["depth_confidence"],
-            "width_confidence": p["width_confidence"],
+            "depth_confidence": lightglue["depth_confidence"],  # -1 resolved: LightGlue's own
+            "width_confidence": lightglue["width_confidence"],
             "filter_threshold": p["filter_threshold"]}
 
 
@@ -225,7 +227,7 @@ def method_table(args: argparse.Namespace) -> list[Method]:
         Method("ALIKED+LightGlue refine none, guard off (ours)",
                lambda: ours({**base, "refine": "none", "exit_guard": 0.0})),
         Method("ALIKED+LightGlue full depth (ours)",
-               lambda: ours({**base, "depth_confidence": -1.0})),
+               lambda: ours({**base, "depth_confidence": 0.0})),
         Method("ALIKED+LightGlue (official)", lambda: official_matcher("aliked", args.device)),
         Method("DISK+LightGlue (ours)", lambda: ours(base, extractor="disk")),
         Method("DISK+LightGlue (official)", lambda: official_matcher("disk", args.device)),

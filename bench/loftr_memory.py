@@ -1,6 +1,6 @@
 """LoFTR peak memory and time: ours and kornia's, at 640x480 and 1280x960.
 
-    python bench/loftr_memory.py [--device cpu|cuda] [--sizes 640x480 1280x960] [--repeats 2]
+    python -m bench.loftr_memory [--device cpu|cuda] [--sizes 640x480 1280x960] [--repeats 2]
 
 Each (implementation, size) runs in a fresh subprocess, so one measurement's high-water mark
 cannot leak into the next. In the child: the model with random weights in the official
@@ -160,8 +160,10 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for impl in args.impls:
-            command = [sys.executable, __file__, "--child", impl, size, "--device", args.device,
-                       "--repeats", str(args.repeats), "--threshold", str(args.threshold)]
+            # Run as a module from the repository root, as the user does, so bench is importable.
+            command = [sys.executable, "-m", "bench.loftr_memory", "--child", impl, size,
+                       "--device", args.device, "--repeats", str(args.repeats),
+                       "--threshold", str(args.threshold)]
             done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
             if done.returncode != 0:
                 print(done.stderr, file=sys.stderr)
@@ -174,7 +176,7 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     lines = [
         f"# LoFTR memory and time ({args.device})", "",
-        f"`python bench/loftr_memory.py --device {args.device}` on {platform.node()}, "
+        f"`python -m bench.loftr_memory --device {args.device}` on {platform.node()}, "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
         + (f", {torch.cuda.get_device_name()}" if cuda and torch.cuda.is_available() else "")
         + f", {time.strftime('%Y-%m-%d %H:%M')}.", "",

@@ -1,7 +1,7 @@
 """Low-texture matching: every method side by side on generated pairs with exact homographies,
 and on the textured evaluation pairs (bench/evaluate.py's photographs) to show nothing is lost.
 
-    python bench/lowtexture.py [--methods SUBSTRINGS] [--photos held-out|tuning|a,b,...]
+    python -m bench.lowtexture [--methods SUBSTRINGS] [--photos held-out|tuning|a,b,...]
                                [--kinds blur,fog,...] [--seeds 0] [--size 640x480]
                                [--textured-photos coffee,...|none] [--loftr-weights PATH]
                                [--threads 1] [--output bench/results]
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,16 +37,14 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from evaluate import (MatchFn, auc, corner_error, official_matcher, opencv_matcher,  # noqa: E402
-                      ours)
-from evaluate import pairs as textured_pairs  # noqa: E402
-
-from match_node import Pipeline, SequentialMatcher  # noqa: E402
-from match_node import params as P  # noqa: E402
-from match_node.groundtruth.lowtexture import (HELD_OUT_PHOTOS, KINDS, TUNING_PHOTOS,  # noqa: E402
-                                   degrade_frame, make_pairs)
-from match_node.groundtruth.planar import make_sequence, reprojection_errors  # noqa: E402
+from bench.evaluate import (MatchFn, auc, corner_error, official_matcher, opencv_matcher,
+                            ours)
+from bench.evaluate import pairs as textured_pairs
+from match_node import Pipeline, SequentialMatcher
+from match_node import params as P
+from match_node.groundtruth.lowtexture import (HELD_OUT_PHOTOS, KINDS, TUNING_PHOTOS,
+                                               degrade_frame, make_pairs)
+from match_node.groundtruth.planar import make_sequence, reprojection_errors
 
 CONFIG = Path(__file__).resolve().parents[1] / "match_node" / "config" / "match_node.yaml"
 FAILURE_PX = 10.0  # a homography whose mean corner error exceeds this is unusable

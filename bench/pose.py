@@ -1,6 +1,6 @@
 """Relative-pose accuracy on a rendered 3D sequence with exactly known poses.
 
-    python bench/pose.py [--frames 20] [--seed 0] [--step-m 0.03] [--size 741x500]
+    python -m bench.pose [--frames 20] [--seed 0] [--step-m 0.03] [--size 741x500]
                          [--threshold-px 1.0] [--methods SUBSTRINGS] [--threads 2]
                          [--output bench/results]
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +36,9 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evaluate import (OPENCV_KEYPOINTS, RATIO, MatchFn, auc, official_matcher,  # noqa: E402
-                      opencv_matcher, ours, pipeline_settings)
-
-from match_node import vo  # noqa: E402
+from bench.evaluate import (OPENCV_KEYPOINTS, RATIO, MatchFn, auc, official_matcher,
+                            opencv_matcher, ours, pipeline_settings)
+from match_node import vo
 from match_node.groundtruth import scene
 
 THRESHOLDS_DEG = (5, 10, 20)

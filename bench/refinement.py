@@ -1,6 +1,6 @@
 """Sub-pixel refinement methods side by side, on the evaluation's homography pairs.
 
-    python bench/refinement.py [--extractors aliked-n16,disk,xfeat] [--output bench/results]
+    python -m bench.refinement [--extractors aliked-n16,disk,xfeat] [--output bench/results]
 
 Each pair is matched once per extractor (refinement off); then each method refines the same
 matches, so the rows differ only by the refinement. Writes refinement.md: homography AUC at
@@ -9,7 +9,6 @@ matches, so the rows differ only by the refinement. Writes refinement.md: homogr
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -17,12 +16,10 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from evaluate import auc, corner_error, pairs  # noqa: E402
-
-from match_node import Pipeline  # noqa: E402
-from match_node.engine.refine import REFINE_METHODS, refine_matches, to_gray  # noqa: E402
-from match_node.groundtruth.planar import reprojection_errors  # noqa: E402
+from bench.evaluate import auc, corner_error, pairs
+from match_node import Pipeline
+from match_node.engine.refine import REFINE_METHODS, refine_matches, to_gray
+from match_node.groundtruth.planar import reprojection_errors
 
 
 def main() -> None:

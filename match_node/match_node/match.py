@@ -43,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .engine import families
     try:
         values = P.load_yaml(args.config) if args.config else {}
-        P.validate(values)
+        families.validate(values)  # and whether extractor and matcher fit
         values = {k: v for k, v in values.items() if P.SPECS[k].scope == "pipeline"}
         values.update(P.parse_assignments(args.set))
     except (P.ParameterError, OSError) as error:

@@ -6,7 +6,7 @@ types (nested messages as dicts). Both ways a message is made build from it, so 
 drift apart:
 
   * the node's rclpy message: `match_node.ros.conversions.result_to_msg`;
-  * the bag writers (offline runner): `match_node.bags.rosbag.make_message(typestore, MSGTYPE, fields)`.
+  * the bag writers (offline runner): `match_node.bags.msgtypes.make_message(typestore, MSGTYPE, fields)`.
 
 Stamps are integers in nanoseconds; they are split into builtin_interfaces/Time
 (sec = floor(ns / 1e9), nanosec = the remainder), so negative stamps keep nanosec in range.

@@ -1,4 +1,5 @@
 """One declaration of every parameter, shared by the node, the YAML config, the API and the CLI.
+(Over 400 lines: the table itself, one entry per parameter.)
 
 Each parameter is declared once here with its type, default, range or choices and a
 description. The ROS node declares its parameters from this table, the Python API validates
@@ -14,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-# Extractors with official weights (see families.py for the files each one loads).
+# Extractors with official weights (engine/families.py says what each value loads).
 EXTRACTORS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16", "superpoint", "disk",
               "sift", "xfeat")
 MATCHERS = ("lightglue", "superglue", "nn", "loftr", "auto")
@@ -37,6 +38,9 @@ class ParamSpec:
     # Parameters that need a model reload or a new subscription cannot change at run time.
     read_only: bool = True
     scope: str = "pipeline"  # "pipeline": API, CLI and node; "node": the ROS node only
+    # The value that asks for the model's own setting (engine.families resolves it for the
+    # model built); None when every value is used as given.
+    model_default: Any = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -124,11 +128,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Detection score threshold in the extractor's own units; -1 takes the "
               "extractor's default (ALIKED 0.2, SuperPoint 0.005, DISK 0, SIFT contrast "
               "0.0067, XFeat 0.05); 0 keeps the top max_keypoints after NMS.",
-              min=-1.0, max=1.0),
+              min=-1.0, max=1.0, model_default=-1.0),
     ParamSpec("nms_radius", -1,
               "Non-maximum suppression radius in pixels of the working image; -1 takes the "
               "extractor's default (ALIKED 2, SuperPoint 4, DISK 2, SIFT 0, XFeat 2).",
-              min=-1, max=16),
+              min=-1, max=16, model_default=-1),
     ParamSpec("max_image_side", 1024,
               "Images whose longer side exceeds this are downscaled for extraction (keypoints "
               "are reported in original pixels); 0 disables resizing.", min=0, max=8192,
@@ -143,13 +147,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "neighbours; both paths stay loaded).", choices=MATCHERS),
     ParamSpec("matcher_weights", "",
               "Path of the matcher checkpoint; empty resolves the official file by name."),
-    ParamSpec("depth_confidence", 0.95,
-              "LightGlue early exit: stop when this share of points is confident; -1 disables. "
-              "With xfeat the default means LighterGlue's official setting (off).",
-              min=-1.0, max=1.0, read_only=False),
-    ParamSpec("width_confidence", 0.99,
-              "LightGlue point pruning: drop points whose matchability is below 1 - this; "
-              "-1 disables. With xfeat the default means LighterGlue's official 0.95.", min=-1.0, max=1.0, read_only=False),
+    # -1 is "the model's own setting", as for every parameter with a model default; off is 0
+    # (LightGlue exits early and prunes only for values above 0). Any other value is used as
+    # given, whatever the extractor.
+    ParamSpec("depth_confidence", -1.0,
+              "LightGlue early exit: stop when this share of points is confident; -1 takes "
+              "the matcher's own setting (LightGlue 0.95, XFeat's LighterGlue off); 0 "
+              "disables.", min=-1.0, max=1.0, read_only=False, model_default=-1.0),
+    ParamSpec("width_confidence", -1.0,
+              "LightGlue point pruning: drop points whose matchability is below 1 - this; -1 "
+              "takes the matcher's own setting (LightGlue 0.99, XFeat's LighterGlue 0.95); 0 "
+              "disables.", min=-1.0, max=1.0, read_only=False, model_default=-1.0),
     ParamSpec("filter_threshold", 0.1,
               "Minimum match confidence for a match to be reported.", min=0.0, max=1.0,
               read_only=False),
@@ -332,20 +340,14 @@ def check_combined(values: Mapping[str, Any]) -> None:
     merged values, and the node's set-parameters callback on the current values with the
     pending and requested changes applied, so a change that breaks a constraint is refused
     with this reason instead of failing later in the worker. Names missing from `values`
-    are not checked (the API validates one scope at a time).
+    are not checked (the API validates one scope at a time). Whether the extractor and the
+    matcher fit is a fact of the models: engine.families.check_combined adds that check.
     """
     for low, high in (("texture_low_keypoints", "texture_high_keypoints"),
                       ("texture_low_coverage", "texture_high_coverage")):
         if low in values and high in values and values[high] < values[low]:
             raise ParameterError(f"parameter '{high}' ({values[high]}) must not be below "
                                  f"'{low}' ({values[low]}): the switch would flap")
-    if "extractor" in values and "matcher" in values:
-        # Refused at start-up, not on the first frame: a pair that cannot work fails every
-        # frame. families.py holds the facts (descriptor sizes the weights give and take).
-        from .engine.families import combination_problem  # imported late: it pulls in torch
-        problem = combination_problem(values["extractor"], values["matcher"])
-        if problem is not None:
-            raise ParameterError(problem)
     device = values.get("device")
     if device is not None and not _is_device_string(device):
         raise ParameterError(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from match_node import messages
-from match_node.bags import rosbag as bags
+from match_node.bags import msgtypes, rosbag as bags
 from match_node.bags import make as make_bag
 from match_node.engine.results import MatchResult
 
@@ -43,7 +43,7 @@ def fields_of(result: MatchResult) -> dict:
 
 def test_fields_follow_the_msg_file():
     """Every field of Correspondences.msg, in its order, and the same constants."""
-    ts = bags.typestore()
+    ts = msgtypes.typestore()
     consts, fields = ts.fielddefs[messages.MSGTYPE]
     assert list(fields_of(fake_result())) == [name for name, _ in fields]
     constants = {name: value for name, _, value in consts}
@@ -72,8 +72,8 @@ def test_rclpy_and_bag_messages_have_identical_bytes():
     msg = result_to_msg(result, header, reference, frame_index=3, dropped_frames=2,
                         tracks_reset=True, wait_ms=4.5)
     rclpy_bytes = serialize_message(msg)
-    ts = bags.typestore()
-    bag_bytes = bytes(ts.serialize_cdr(bags.make_message(ts, messages.MSGTYPE, fields, strict=True),
+    ts = msgtypes.typestore()
+    bag_bytes = bytes(ts.serialize_cdr(msgtypes.make_message(ts, messages.MSGTYPE, fields, strict=True),
                                        messages.MSGTYPE))
     # Same layout; Fast CDR leaves alignment padding bytes uninitialised, so compare the bytes
     # after a rosbags round trip of rclpy's (which zeroes padding), and the lengths.
@@ -87,7 +87,7 @@ def test_rclpy_and_bag_messages_have_identical_bytes():
 
 def test_type_hash_matches_rosidl():
     """The typestore's RIHS01 hash of Correspondences is the one rosidl generated."""
-    ts = bags.typestore()
+    ts = msgtypes.typestore()
     generated = None
     for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
         path = Path(prefix) / "share" / "match_node_msgs" / "msg" / "Correspondences.json"
@@ -103,7 +103,7 @@ def test_type_hash_matches_rosidl():
 def test_msg_file_lookup(monkeypatch, tmp_path):
     # The repository copy when nothing is installed ...
     monkeypatch.setenv("AMENT_PREFIX_PATH", "")
-    assert bags.correspondences_msg_path().read_text() == MSG_FILE.read_text()
+    assert msgtypes.correspondences_msg_path().read_text() == MSG_FILE.read_text()
     # ... the installed one first ...
     share = tmp_path / "share"
     (share / "ament_index" / "resource_index" / "packages").mkdir(parents=True)
@@ -111,12 +111,12 @@ def test_msg_file_lookup(monkeypatch, tmp_path):
     (share / "match_node_msgs" / "msg").mkdir(parents=True)
     (share / "match_node_msgs" / "msg" / "Correspondences.msg").write_text("uint8 x\n")
     monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path))
-    assert bags.correspondences_msg_path() == share / "match_node_msgs" / "msg" / "Correspondences.msg"
+    assert msgtypes.correspondences_msg_path() == share / "match_node_msgs" / "msg" / "Correspondences.msg"
     # ... and a clear error when there is neither.
     monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "nothing"))
-    monkeypatch.setattr(bags, "__file__", str(tmp_path / "a" / "b" / "bags.py"))
-    with pytest.raises(bags.BagError, match="cannot find match_node_msgs/msg/Correspondences.msg"):
-        bags.correspondences_msg_path()
+    monkeypatch.setattr(msgtypes, "__file__", str(tmp_path / "a" / "b" / "msgtypes.py"))
+    with pytest.raises(msgtypes.BagError, match="cannot find match_node_msgs/msg/Correspondences.msg"):
+        msgtypes.correspondences_msg_path()
 
 
 @pytest.mark.parametrize("storage", bags.STORAGES)
@@ -158,7 +158,7 @@ def test_round_trip(tmp_path, storage):
     assert infos[make_bag.RIGHT_INFO].P[0, 3] == pytest.approx(-K[0, 0] * 0.12)
     assert (infos[make_bag.RIGHT_INFO].width, infos[make_bag.RIGHT_INFO].height) == (320, 240)
 
-    ts = bags.typestore()
+    ts = msgtypes.typestore()
     pose_msgs = [bags.deserialize(m, ts) for m in bags.messages(path, [make_bag.GROUND_TRUTH_POSE])]
     for msg, T in zip(pose_msgs, poses):
         assert msg.header.frame_id == "world"
@@ -187,7 +187,7 @@ def test_compressed_mono_and_correspondences(tmp_path, storage):
     assert [f.stamp_ns for f in read] == [10, 20]
     for f, frame in zip(read, frames):
         np.testing.assert_array_equal(f.image, frame)  # png: lossless
-    with pytest.raises(bags.BagError, match="no topic"):
+    with pytest.raises(msgtypes.BagError, match="no topic"):
         list(bags.read_images(path, ["/nope"]))
 
     # A Correspondences topic keeps the .msg verbatim (comments too) as its definition.
@@ -195,12 +195,12 @@ def test_compressed_mono_and_correspondences(tmp_path, storage):
     with bags.BagWriter(out, storage=storage) as writer:
         writer.add_topic("/cam/correspondences", messages.MSGTYPE)
         writer.write_fields("/cam/correspondences", 5, fields_of(fake_result()))
-        with pytest.raises(bags.BagError, match="missing field"):
+        with pytest.raises(msgtypes.BagError, match="missing field"):
             writer.write_fields("/cam/correspondences", 6, {"pairing": 0})
     info = bags.topics(out)["/cam/correspondences"]
     assert info.msgdef.startswith(MSG_FILE.read_text().rstrip("\n") + "\n")
     assert "MSG: std_msgs/Header" in info.msgdef and "MSG: builtin_interfaces/Time" in info.msgdef
-    assert info.rihs01 == bags.typestore().hash_rihs01(messages.MSGTYPE)
+    assert info.rihs01 == msgtypes.typestore().hash_rihs01(messages.MSGTYPE)
     own = bags.typestore_from_bag(out)
     (message,) = list(bags.messages(out))
     msg = own.deserialize_cdr(message.data, message.msgtype)
@@ -213,15 +213,15 @@ def test_compressed_mono_and_correspondences(tmp_path, storage):
 
 def test_writer_refuses_existing_path_and_unknown_topics(tmp_path):
     (tmp_path / "exists").mkdir()
-    with pytest.raises(bags.BagError, match="exists already"):
+    with pytest.raises(msgtypes.BagError, match="exists already"):
         bags.BagWriter(tmp_path / "exists")
-    with pytest.raises(bags.BagError, match="storage"):
+    with pytest.raises(msgtypes.BagError, match="storage"):
         bags.BagWriter(tmp_path / "x", storage="rosbag1")
     with bags.BagWriter(tmp_path / "y") as writer:
-        with pytest.raises(bags.BagError, match="not added"):
+        with pytest.raises(msgtypes.BagError, match="not added"):
             writer.write_raw("/nope", 1, b"\x00\x01\x00\x00")
-        with pytest.raises(bags.BagError, match="has no field"):
-            bags.make_message(writer.ts, bags.IMAGE, {"colour": 1})
+        with pytest.raises(msgtypes.BagError, match="has no field"):
+            msgtypes.make_message(writer.ts, msgtypes.IMAGE, {"colour": 1})
 
 
 def test_quaternions():
@@ -246,7 +246,7 @@ def test_make_bag_cli(tmp_path):
     assert {t: s.count for t, s in topics.items()} == {
         make_bag.MONO_IMAGE: 3, make_bag.MONO_INFO: 3, make_bag.GROUND_TRUTH_HOMOGRAPHY: 3}
     frames = list(bags.read_images(tmp_path / "b"))
-    assert frames[0].image.shape == (240, 320, 3) and frames[0].msgtype == bags.IMAGE
+    assert frames[0].image.shape == (240, 320, 3) and frames[0].msgtype == msgtypes.IMAGE
     again = subprocess.run([sys.executable, "-m", "match_node.bags.make", str(tmp_path / "b")],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
@@ -262,8 +262,9 @@ def test_new_core_modules_import_without_ros():
                 if name.split(".")[0] in BLOCKED:
                     raise ImportError("ROS import from the core: " + name)
         sys.meta_path.insert(0, Block())
-        import match_node.messages, match_node.bags.rosbag, match_node.bags.make, match_node.bags.offline
-        match_node.bags.rosbag.typestore()
+        import match_node.messages, match_node.bags.msgtypes, match_node.bags.rosbag
+        import match_node.bags.make, match_node.bags.offline
+        match_node.bags.msgtypes.typestore()
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

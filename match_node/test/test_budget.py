@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from match_node.engine.budget import (CostModel, FrameRecord, LatencyBudget, OnlineLeastSquares,
-                               layer_features)
+from match_node import params as P
+from match_node.engine.budget import FrameRecord, LatencyBudget
+from match_node.engine.costmodel import CostModel, OnlineLeastSquares, layer_features
 
 
 class FakeClock:
@@ -55,7 +56,8 @@ def run_layers(budget: LatencyBudget, clock: FakeClock, points: list[tuple[int, 
 
 def trained_budget(budget_ms: float) -> tuple[LatencyBudget, FakeClock]:
     clock = FakeClock()
-    budget = LatencyBudget(budget_ms=0.0, clock=clock)
+    # A configured threshold, as the pipeline sets it: reduced frames get a lowered one.
+    budget = LatencyBudget(budget_ms=0.0, detection_threshold=0.2, clock=clock)
     for n in (128, 256, 512, 1024, 1536):  # calibration-like observations
         for _ in range(3):
             budget.cost.observe_layer(n, n, true_layer_ms(n, n))
@@ -177,3 +179,25 @@ def test_cost_model_error_quantile_is_the_safety_factor():
         cost.observe_layer(500, 500, 20.0 * (1.3 if i % 10 == 0 else 1.0))
     assert 0.9 <= cost.layer_error.factor(50) < 1.1
     assert cost.layer_error.factor(99) > 1.15
+
+
+def test_bounds_default_to_the_parameter_table():
+    budget = LatencyBudget()
+    assert (budget.budget_ms, budget.percentile, budget.target_layers) == (
+        P.SPECS["latency_budget_ms"].default, P.SPECS["budget_percentile"].default,
+        P.SPECS["budget_target_layers"].default)
+    assert (budget.min_keypoints, budget.max_keypoints) == (
+        P.SPECS["min_keypoints"].default, P.SPECS["max_keypoints"].default)
+    assert (budget.min_image_side, budget.max_image_side) == (
+        P.SPECS["min_image_side"].default, P.SPECS["max_image_side"].default)
+
+
+def test_a_reduced_frame_keeps_the_configured_threshold_while_none_is_known():
+    # Without the extractor's threshold the budget cannot lower it; with one it gives a quarter.
+    for threshold, expected in ((None, None), (0.2, 0.05)):
+        budget = LatencyBudget(budget_ms=100.0, detection_threshold=threshold)
+        budget.observe(FrameRecord(0.1, 20.0, 5.0, 26.0, 640 * 480, 300, 1024, 640), (640, 480))
+        budget.image_side = 400.0  # as _adapt would lower it
+        settings = budget.settings((640, 480))
+        assert settings.max_image_side == 400 and settings.detection_threshold == expected
+        assert settings.max_keypoints == 300  # the full-resolution count

@@ -15,13 +15,14 @@ ALLOWED = {
     "models": {"messages"},  # the exit codes only
     "groundtruth": set(),
     "messages": set(),
-    "params": {"engine"},  # the model-combination check (engine.families); to be inverted
+    "params": set(),
     "engine": {"models", "params", "messages"},
     "vo": set(),
+    "vo_metric": {"vo"},
     "viz": set(),
     "match": {"engine", "params", "viz"},
     "bags": {"engine", "params", "messages", "groundtruth"},
-    "ros": {"engine", "params", "messages", "bags", "groundtruth", "vo", "viz"},
+    "ros": {"engine", "params", "messages", "bags", "groundtruth", "vo", "vo_metric", "viz"},
     "__init__": {"engine", "params"},
 }
 

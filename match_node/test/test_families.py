@@ -114,6 +114,13 @@ def test_extractor_defaults_and_overrides():
     # LighterGlue keeps its official setting (no early exit) unless the user sets one.
     assert pipeline.matcher.conf["depth_confidence"] == -1
     assert pipeline.matcher.conf["width_confidence"] == pytest.approx(0.95)
+    # An explicit value is honoured, the LightGlue defaults included; -1 is the model's own.
+    pipeline.update(depth_confidence=0.95, width_confidence=0.99)
+    assert pipeline.matcher.conf["depth_confidence"] == pytest.approx(0.95)
+    assert pipeline.matcher.conf["width_confidence"] == pytest.approx(0.99)
+    pipeline.update(depth_confidence=-1.0, width_confidence=0.0)
+    assert pipeline.matcher.conf["depth_confidence"] == -1   # LighterGlue's own: off
+    assert pipeline.matcher.conf["width_confidence"] == 0    # off, as given
     pipeline = Pipeline(device="cpu", extractor="xfeat", depth_confidence=0.9,
                         detection_threshold=0.1, allow_download=False)
     assert pipeline.matcher.conf["depth_confidence"] == pytest.approx(0.9)
@@ -160,18 +167,17 @@ def test_table_covers_every_parameter_value():
 @pytest.mark.parametrize("matcher", ["lightglue", "superglue", "nn", "loftr", "auto"])
 def test_every_combination_verdict(extractor, matcher, monkeypatch):
     from match_node.engine import families as F
-    from match_node import params as P
     from match_node.engine import weights as W
     works = matcher in SUPPORTED[extractor]
     assert (F.combination_problem(extractor, matcher) is None) == works
     assert (matcher in F.supported_matchers(extractor)) == works
     if works:
-        P.validate({"extractor": extractor, "matcher": matcher})
+        F.validate({"extractor": extractor, "matcher": matcher})
         return
-    # Refused by parameter validation (the node's start-up) and by the Pipeline before any
-    # weights are looked up, with the reason and what works instead.
+    # Refused by parameter validation (the command-line tools) and by the Pipeline (the
+    # node's start-up) before any weights are looked up, with the reason and what works.
     with pytest.raises(ParameterError) as by_params:
-        P.validate({"extractor": extractor, "matcher": matcher})
+        F.validate({"extractor": extractor, "matcher": matcher})
     monkeypatch.setattr(W, "load_checkpoint", lambda *a, **k: pytest.fail("weights loaded"))
     with pytest.raises(ParameterError) as by_pipeline:
         Pipeline(device="cpu", extractor=extractor, matcher=matcher, allow_download=False)
@@ -187,9 +193,9 @@ def test_every_combination_verdict(extractor, matcher, monkeypatch):
 
 
 def test_aliked_t16_with_lightglue_message():
-    from match_node import params as P
+    from match_node.engine import families as F
     with pytest.raises(ParameterError) as error:
-        P.validate({"extractor": "aliked-t16", "matcher": "lightglue"})
+        F.validate({"extractor": "aliked-t16", "matcher": "lightglue"})
     assert str(error.value) == (
         "extractor 'aliked-t16' gives 64-d descriptors, but its family's official LightGlue "
         "weights (aliked_lightglue.pth) take 128-d ones; no LightGlue was trained for "

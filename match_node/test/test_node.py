@@ -121,12 +121,14 @@ def node_factory(ros):
 
 
 def published_after(harness, node, before: int, timeout: float = 60) -> None:
-    wait_until(lambda: node.counters.published > before and harness.count() > before, timeout,
+    counters = node.runner.counters
+    wait_until(lambda: counters.published > before and harness.count() > before, timeout,
                "a correspondences message")
 
 
 def processed_after(node, before_total: int, timeout: float = 60) -> None:
-    wait_until(lambda: node.counters.processed + node.counters.dropped_invalid > before_total,
+    counters = node.runner.counters
+    wait_until(lambda: counters.processed + counters.dropped_invalid > before_total,
                timeout, "the frame to be handled")
 
 
@@ -137,7 +139,8 @@ def test_bad_input_is_dropped_or_reset_and_node_keeps_running(node_factory, sequ
     try:
         harness.wait_for_subscriber()
         frames = sequence.frames
-        handled = lambda: node.counters.processed + node.counters.dropped_invalid  # noqa: E731
+        counters = node.runner.counters
+        handled = lambda: counters.processed + counters.dropped_invalid  # noqa: E731
 
         def send(msg):
             before = handled()
@@ -158,11 +161,11 @@ def test_bad_input_is_dropped_or_reset_and_node_keeps_running(node_factory, sequ
         truncated = image_msg(frames[1], 6 * 10**9)
         truncated.data = truncated.data[:100]
         send(truncated)
-        assert node.counters.dropped_invalid == 5
-        assert node.counters.published == 0
+        assert node.runner.counters.dropped_invalid == 5
+        assert node.runner.counters.published == 0
         # A stamp going backwards is dropped under the 'drop' policy.
         send(image_msg(frames[1], 10**9 - 1))
-        assert node.counters.dropped_stamp == 1
+        assert node.runner.counters.dropped_stamp == 1
         # A good frame is still matched against the first frame, and reports the drops.
         send(image_msg(frames[1], 7 * 10**9))
         wait_until(lambda: harness.count() == 1, 30, "a message after bad input")
@@ -176,9 +179,9 @@ def test_bad_input_is_dropped_or_reset_and_node_keeps_running(node_factory, sequ
         assert len(blank.current_x) == 0 and blank.current_num_keypoints == 0
         assert blank.exit_reason == blank.EXIT_NO_KEYPOINTS
         # A size change restarts tracking (counted), the next frame matches again.
-        resets = node.counters.resets
+        resets = node.runner.counters.resets
         send(image_msg(cv2.resize(frames[2], (160, 120)), 9 * 10**9))
-        assert node.counters.resets == resets + 1
+        assert node.runner.counters.resets == resets + 1
         send(image_msg(cv2.resize(frames[3], (160, 120)), 10 * 10**9))
         wait_until(lambda: harness.count() == 3, 30, "a message after the size change")
         assert harness.received[2].tracks_reset and harness.received[2].current_width == 160
@@ -197,10 +200,9 @@ def test_superseded_frames_are_skipped_not_failures(node_factory, sequence):
         for i in range(8):  # far faster than a CPU can match
             harness.publisher.publish(image_msg(sequence.frames[i % 5], (i + 1) * 10**8))
             time.sleep(0.01)
-        wait_until(lambda: node.counters.received == 8, 30, "all frames received")
-        wait_until(lambda: node.counters.processed + node.counters.superseded == 8, 120,
-                   "the worker to catch up")
-        c = node.counters
+        wait_until(lambda: node.runner.counters.received == 8, 30, "all frames received")
+        c = node.runner.counters
+        wait_until(lambda: c.processed + c.superseded == 8, 120, "the worker to catch up")
         assert c.superseded >= 1
         assert c.published == c.processed - 1  # every processed frame but the first
         wait_until(lambda: harness.count() == c.published, 30, "all messages")
@@ -208,14 +210,13 @@ def test_superseded_frames_are_skipped_not_failures(node_factory, sequence):
         # Two more frames, one at a time, so that the publish rate is measurable.
         for i in (8, 9):
             harness.publisher.publish(image_msg(sequence.frames[i % 5], (i + 1) * 10**8))
-            wait_until(lambda: node.counters.processed + node.counters.superseded == i + 1, 60,
-                       f"frame {i}")
+            wait_until(lambda: c.processed + c.superseded == i + 1, 60, f"frame {i}")
         # An overloaded node is healthy: superseded frames are reported, not failures.
         status = node.diagnostic_status()
         values = {kv.key: kv.value for kv in status.values}
         assert status.level == DiagnosticStatus.OK, status.message
         assert "superseded" in status.message
-        assert int(values["superseded"]) == node.counters.superseded
+        assert int(values["superseded"]) == node.runner.counters.superseded
         assert float(values["superseded_rate"]) > 0
         assert float(values["failure_rate"]) == 0 and values["failed"] == "0"
         assert values["worker"] == "running"
@@ -244,7 +245,7 @@ def test_compressed_transport(node_factory, sequence):
                                     [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
             harness.publisher.publish(msg)
             if i == 0:
-                wait_until(lambda: node.counters.processed == 1, 60, "first frame")
+                wait_until(lambda: node.runner.counters.processed == 1, 60, "first frame")
         wait_until(lambda: harness.count() == 1, 60, "a message from compressed input")
         ref = np.stack([harness.received[0].reference_x, harness.received[0].reference_y], 1)
         cur = np.stack([harness.received[0].current_x, harness.received[0].current_y], 1)
@@ -268,7 +269,7 @@ def test_other_families_by_parameter(node_factory, sequence, extractor, matcher,
         for i in range(2):
             harness.publisher.publish(image_msg(sequence.frames[i], (i + 1) * 10**9))
             if i == 0:
-                wait_until(lambda: node.counters.processed == 1, 60, "first frame")
+                wait_until(lambda: node.runner.counters.processed == 1, 60, "first frame")
         wait_until(lambda: harness.count() == 1, 60, "a message")
         message = harness.received[0]
         assert (message.extractor, message.matcher) == (extractor, reported)
@@ -299,9 +300,9 @@ def send_pair_and_wait(harness, node, sequence, first_stamp_s: int) -> None:
     """Two frames, each after the previous one was processed: a new message at least."""
     before = harness.count()
     for k in range(2):
-        taken = node.counters.processed
+        taken = node.runner.counters.processed
         harness.publisher.publish(image_msg(sequence.frames[k], (first_stamp_s + k) * 10**9))
-        wait_until(lambda: node.counters.processed > taken, 60, f"frame {k} processed")
+        wait_until(lambda: node.runner.counters.processed > taken, 60, f"frame {k} processed")
     wait_until(lambda: harness.count() > before, 30, "a correspondences message")
 
 
@@ -341,17 +342,17 @@ def test_conflicting_parameters_are_refused_and_the_worker_survives(node_factory
 
         node.pipeline.update = failing_update
         assert node.set_parameters([Parameter("max_keypoints", value=200)])[0].successful
-        wait_until(lambda: node.counters.errors == 1, 10, "the failed change counted")
-        real_push = node.stream.push
+        wait_until(lambda: node.runner.counters.errors == 1, 10, "the failed change counted")
+        real_push = node.runner.stream.push
 
         def failing_push(*args, **kwargs):
-            node.stream.push = real_push
+            node.runner.stream.push = real_push
             raise RuntimeError("injected frame failure")
 
-        node.stream.push = failing_push
+        node.runner.stream.push = failing_push
         harness.publisher.publish(image_msg(sequence.frames[2], 10 * 10**9))
-        wait_until(lambda: node.counters.errors == 2, 60, "the failed frame counted")
-        assert "injected frame failure" in node._last_error
+        wait_until(lambda: node.runner.counters.errors == 2, 60, "the failed frame counted")
+        assert "injected frame failure" in node.runner.last_error
         send_pair_and_wait(harness, node, sequence, 20)
         assert node._worker.is_alive()
         values = {kv.key: kv.value for kv in node.diagnostic_status().values}
@@ -396,7 +397,8 @@ def test_compressed_subscription_follows_the_remapped_base_topic(node_factory, s
         msg.header.stamp.sec = 1
         msg.data = cv2.imencode(".jpg", sequence.frames[0])[1].tobytes()
         harness.publisher.publish(msg)
-        wait_until(lambda: node.counters.processed == 1, 60, "the frame from the remapped topic")
+        wait_until(lambda: node.runner.counters.processed == 1, 60,
+                   "the frame from the remapped topic")
     finally:
         harness.close()
     explicit = f"/other_{os.getpid()}/compressed"
@@ -555,7 +557,7 @@ def test_latency_budget_in_messages_and_diagnostics(node_factory, sequence):
         harness.wait_for_subscriber()
         for i in range(3):
             harness.publisher.publish(image_msg(sequence.frames[i], (i + 1) * 10**9))
-            wait_until(lambda: node.counters.processed == i + 1, 60, f"frame {i}")
+            wait_until(lambda: node.runner.counters.processed == i + 1, 60, f"frame {i}")
         wait_until(lambda: harness.count() == 2, 30, "two messages")
         for msg in harness.received:
             # An impossible budget: the frame still completes, at the first layer.
@@ -564,7 +566,7 @@ def test_latency_budget_in_messages_and_diagnostics(node_factory, sequence):
             assert msg.total_ms > 1.0 and msg.keypoint_cap >= 1
             assert 0 < msg.extraction_scale <= 1.0
             assert len(msg.current_x) > 20
-        assert node.counters.budget_misses == 2
+        assert node.runner.counters.budget_misses == 2
         status = node.diagnostic_status()
         values = {kv.key: kv.value for kv in status.values}
         assert status.level == DiagnosticStatus.ERROR and "budget" in status.message
@@ -595,7 +597,7 @@ def test_debug_image_only_while_subscribed(node_factory, sequence):
         wait_until(lambda: node.debug_publisher.get_subscription_count() > 0, 10, "debug subscriber")
         for i in range(3):
             harness.publisher.publish(image_msg(sequence.frames[i], (i + 1) * 10**9))
-            wait_until(lambda: node.counters.processed == i + 1, 60, f"frame {i}")
+            wait_until(lambda: node.runner.counters.processed == i + 1, 60, f"frame {i}")
         wait_until(lambda: len(pictures) >= 1, 20, "a debug picture")
         picture = pictures[0]
         assert picture.encoding == "bgr8" and picture.width > 2 * FRAME_SIZE[0]

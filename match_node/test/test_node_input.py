@@ -80,10 +80,11 @@ def test_untrusted_input_is_dropped_or_restarts_and_the_node_goes_on(make_node, 
 
     monkeypatch.setattr(image_module.cv2, "imdecode", recording_imdecode)
     node = make_node(image_transport="compressed", on_stamp_backwards="drop")
-    assert node.values["max_input_pixels"] == 16_777_216 and node.stream.max_stamp_jump_s == 10
+    assert node.values["max_input_pixels"] == 16_777_216
+    assert node.runner.stream.max_stamp_jump_s == 10
     ns = node.get_namespace()
     harness = Harness(f"{ns}/image/compressed", f"{ns}/correspondences", compressed=True)
-    counters = node.counters
+    counters = node.runner.counters
     handled = lambda: counters.processed + counters.dropped_invalid  # noqa: E731
 
     def send(msg: CompressedImage) -> None:

@@ -38,7 +38,7 @@ def test_resized_extraction_reports_original_pixels(coffee_pair):
 
 def test_runtime_update(pipeline, coffee_pair):
     image0, image1, _ = coffee_pair
-    pipeline.update(max_keypoints=128, depth_confidence=-1)
+    pipeline.update(max_keypoints=128, depth_confidence=0)
     try:
         result = pipeline.match(image0, image1)
         assert result.num_keypoints0 <= 128 and result.exit_layer == 9

@@ -20,9 +20,9 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 
-from match_node.bags import rosbag as bags  # noqa: E402
+from match_node.bags import msgtypes, rosbag as bags  # noqa: E402
 from match_node.bags import make as make_bag
-from match_node.ros.replay import header_stamp_ns  # noqa: E402
+from match_node.ros.replay_logic import header_stamp_ns  # noqa: E402
 
 FRAMES = 6
 
@@ -72,12 +72,12 @@ def done_line(output: str) -> dict:
 
 
 def test_header_stamp_from_cdr():
-    ts = bags.typestore()
-    msg = bags.camera_info_message(ts, [[1, 0, 0], [0, 1, 0], [0, 0, 1]], 4, 3,
+    ts = msgtypes.typestore()
+    msg = msgtypes.camera_info_message(ts, [[1, 0, 0], [0, 1, 0], [0, 0, 1]], 4, 3,
                                    1_700_000_000_987_654_321, "cam")
-    data = bytes(ts.serialize_cdr(msg, bags.CAMERA_INFO))
+    data = bytes(ts.serialize_cdr(msg, msgtypes.CAMERA_INFO))
     assert header_stamp_ns(data) == 1_700_000_000_987_654_321
-    big = bytes(ts.serialize_cdr(msg, bags.CAMERA_INFO, little_endian=False))
+    big = bytes(ts.serialize_cdr(msg, msgtypes.CAMERA_INFO, little_endian=False))
     assert header_stamp_ns(big) == 1_700_000_000_987_654_321
 
 

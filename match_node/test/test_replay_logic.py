@@ -12,54 +12,55 @@ import threading
 import pytest
 
 from match_node.ros import replay as R
+from match_node.ros import replay_logic as L
 
 
 def test_default_wait_topic_of_stereo_bags_is_the_stereo_output():
-    assert R.default_wait_topic(["/stereo/left/image_raw", "/stereo/right/image_raw"]) \
+    assert L.default_wait_topic(["/stereo/left/image_raw", "/stereo/right/image_raw"]) \
         == "/stereo/correspondences/stereo"
-    assert R.default_wait_topic(["/rig/right/image_raw/compressed",
+    assert L.default_wait_topic(["/rig/right/image_raw/compressed",
                                  "/rig/left/image_raw/compressed"]) == "/rig/correspondences/stereo"
-    assert R.default_wait_topic(["/camera/image_raw"]) == "/camera/correspondences"
-    assert R.default_wait_topic(["/camera/image_raw/compressed"]) == "/camera/correspondences"
+    assert L.default_wait_topic(["/camera/image_raw"]) == "/camera/correspondences"
+    assert L.default_wait_topic(["/camera/image_raw/compressed"]) == "/camera/correspondences"
     # Not a pair: two cameras that are not left/right of one rig.
-    assert R.stereo_namespace(["/a/left/image_raw", "/b/right/image_raw"]) is None
-    assert R.stereo_namespace(["/a/left/image_raw", "/a/right/image_rect"]) is None
-    assert R.stereo_namespace(["/front/image_raw", "/rear/image_raw"]) is None
+    assert L.stereo_namespace(["/a/left/image_raw", "/b/right/image_raw"]) is None
+    assert L.stereo_namespace(["/a/left/image_raw", "/a/right/image_rect"]) is None
+    assert L.stereo_namespace(["/front/image_raw", "/rear/image_raw"]) is None
 
 
 def test_only_the_stereo_output_acks_the_first_frame():
-    assert R.first_frame_acked("/stereo/correspondences/stereo")
-    assert not R.first_frame_acked("/stereo/correspondences/temporal")
-    assert not R.first_frame_acked("/camera/correspondences")
+    assert L.first_frame_acked("/stereo/correspondences/stereo")
+    assert not L.first_frame_acked("/stereo/correspondences/temporal")
+    assert not L.first_frame_acked("/camera/correspondences")
 
 
 def test_not_ready_names_what_is_missing():
-    assert R.not_ready({"/cam/image_raw": 1}, "/cam/correspondences", 1,
+    assert L.not_ready({"/cam/image_raw": 1}, "/cam/correspondences", 1,
                        {"/cam/camera_info": 1}) == []
-    assert R.not_ready({"/cam/image_raw": 0}, "/cam/correspondences", 0,
+    assert L.not_ready({"/cam/image_raw": 0}, "/cam/correspondences", 0,
                        {"/cam/camera_info": 0, "/cam/correspondences": 2}) == [
         "a subscriber on /cam/image_raw", "a publisher of /cam/correspondences",
         "a subscriber on /cam/camera_info"]
     # No wait topic (rate mode without --wait-topic): its publisher is not required.
-    assert R.not_ready({"/cam/image_raw": 1}, None, 0, {}) == []
+    assert L.not_ready({"/cam/image_raw": 1}, None, 0, {}) == []
 
 
 def test_wait_until_ready_polls_until_the_condition_holds():
     answers = iter([["a subscriber on /x"], ["a subscriber on /x"], []])
     logged = []
-    missing = R.wait_until_ready(lambda: next(answers), 60.0, R.Stop(), logged.append,
+    missing = L.wait_until_ready(lambda: next(answers), 60.0, L.Stop(), logged.append,
                                  settle_s=0.0)
     assert missing == []
     assert logged == ["waiting up to 60 s for a subscriber on /x"]
 
 
 def test_wait_until_ready_gives_up_with_what_is_missing():
-    missing = R.wait_until_ready(lambda: ["a publisher of /y"], 0.1, R.Stop(), lambda _: None)
+    missing = L.wait_until_ready(lambda: ["a publisher of /y"], 0.1, L.Stop(), lambda _: None)
     assert missing == ["a publisher of /y"]
 
 
 def test_wait_until_ready_ends_on_a_stop_request():
-    stop = R.Stop()
+    stop = L.Stop()
     calls = []
 
     def missing():
@@ -68,12 +69,12 @@ def test_wait_until_ready_ends_on_a_stop_request():
             stop.handler(signal.SIGINT, None)
         return ["a subscriber on /x"]
 
-    with pytest.raises(R.Interrupted):
-        R.wait_until_ready(missing, 600.0, stop, lambda _: None)
+    with pytest.raises(L.Interrupted):
+        L.wait_until_ready(missing, 600.0, stop, lambda _: None)
 
 
 def test_stop_is_a_flag_and_a_second_signal_changes_nothing():
-    stop = R.Stop()
+    stop = L.Stop()
     assert stop.sleep(0.0) and not stop.requested
     stop.handler(signal.SIGINT, None)  # no exception: the main thread is never interrupted
     stop.handler(signal.SIGTERM, None)
@@ -82,14 +83,14 @@ def test_stop_is_a_flag_and_a_second_signal_changes_nothing():
 
 
 def test_ack_wait_sees_acks_and_stop_requests():
-    acks, stop = R.Acks(), R.Stop()
+    acks, stop = L.Acks(), L.Stop()
     data = bytes([0, 1, 0, 0]) + (5).to_bytes(4, "little") + (7).to_bytes(4, "little")
-    assert R.header_stamp_ns(data) == 5_000_000_007
+    assert L.header_stamp_ns(data) == 5_000_000_007
     threading.Timer(0.05, acks.add, args=(data,)).start()
     assert acks.wait(5_000_000_007, 600.0, stop)
     assert not acks.wait(1, 0.05, stop)  # never acked: the timeout expires
     threading.Timer(0.05, stop.handler, args=(signal.SIGINT, None)).start()
-    with pytest.raises(R.Interrupted):
+    with pytest.raises(L.Interrupted):
         acks.wait(2, 600.0, stop)
 
 

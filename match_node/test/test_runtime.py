@@ -1,8 +1,9 @@
 import threading
 
 from match_node import params as P
-from match_node.ros.runtime import (ERROR, OK, WARN, FrameStats, LatestSlot, assess_health,
-                                publish_rate)
+from match_node.engine import framelog
+from match_node.engine.framelog import FrameLog, FrameStats, Published, publish_rate
+from match_node.ros.runtime import ERROR, OK, WARN, LatestSlot, assess_health
 from match_node.engine.tracker import Tracker
 
 import numpy as np
@@ -34,15 +35,23 @@ def test_latest_slot_wakes_waiting_worker_and_closes():
     assert not waiting.is_alive() and got[-1] is None
 
 
+def published(latency_ms: float, missed: bool, exit_layer: int, now: float,
+              messages: int = 1) -> FrameLog:
+    """The record of a frame matched and published (`messages` times: stereo publishes two)."""
+    return FrameLog(framelog.MATCHED, ended=now,
+                    published=[Published(now, latency_ms, missed, exit_layer)] * messages)
+
+
 def test_frame_stats():
     stats = FrameStats(window=20)
     for i in range(16):
-        stats.published(float(i), missed=i >= 12, exit_layer=3 if i % 2 else 9, now=i * 0.1)
-    for _ in range(3):
-        stats.dropped(now=2.0)
-    stats.error(now=2.0)
+        stats.add(published(float(i), missed=i >= 12, exit_layer=3 if i % 2 else 9, now=i * 0.1))
+    for reason in ("invalid", "stamp", "unpaired"):
+        stats.add(FrameLog(framelog.DROPPED, reason=reason, ended=2.0))
+    stats.add(FrameLog(framelog.ERROR, ended=2.0))
     for _ in range(5):
-        stats.superseded()
+        stats.add(FrameLog(framelog.SUPERSEDED))
+    stats.add(FrameLog(framelog.RESTARTED, ended=2.0))  # nothing published: no trace
     summary = stats.summary(num_layers=9, now=1.5)
     assert summary["latency_p50_ms"] == pytest.approx(7.5)
     assert summary["rate_hz"] == pytest.approx(10.0)
@@ -54,6 +63,19 @@ def test_frame_stats():
     assert summary["superseded_rate"] == pytest.approx(5 / 20)  # of the last 20 received
     assert summary["exit_layer_histogram"] == [0, 0, 8, 0, 0, 0, 0, 0, 8]
     assert summary["window_frames"] == 20 and summary["window_published"] == 16
+
+
+def test_frame_stats_count_every_message_and_a_failure_after_one():
+    stats = FrameStats()
+    stats.add(published(10.0, missed=False, exit_layer=2, now=0.0, messages=2))  # stereo
+    failed = published(30.0, missed=True, exit_layer=1, now=0.1)
+    failed.status = framelog.ERROR  # e.g. the debug picture failed after the message was out
+    stats.add(failed)
+    summary = stats.summary(num_layers=3, now=0.1)
+    assert summary["window_published"] == 3 and summary["window_frames"] == 4
+    assert summary["error_rate"] == pytest.approx(1 / 4)
+    assert summary["exit_layer_histogram"] == [1, 2, 0]
+    assert summary["budget_miss_rate"] == pytest.approx(1 / 3)
 
 
 def test_publish_rate_decays_once_publishing_stalls():
@@ -70,16 +92,16 @@ THRESHOLDS = {name: P.SPECS[name].default for name in (
     "diagnostics_rate_error")}
 
 
-def overloaded(superseded_per_frame: int, published: int = 20, failed: int = 0,
+def overloaded(superseded_per_frame: int, frames: int = 20, failed: int = 0,
                rate_hz: float = 2.0) -> FrameStats:
     """A node publishing at `rate_hz` behind a camera `superseded_per_frame + 1` times faster."""
     stats = FrameStats()
-    for i in range(published):
+    for i in range(frames):
         for _ in range(superseded_per_frame):
-            stats.superseded()
-        stats.published(500.0, missed=False, exit_layer=9, now=i / rate_hz)
+            stats.add(FrameLog(framelog.SUPERSEDED))
+        stats.add(published(500.0, missed=False, exit_layer=9, now=i / rate_hz))
     for _ in range(failed):
-        stats.dropped(now=published / rate_hz)
+        stats.add(FrameLog(framelog.DROPPED, reason="invalid", ended=frames / rate_hz))
     return stats
 
 
@@ -92,7 +114,7 @@ def test_superseded_frames_alone_are_never_an_error():
     level, message = assess_health(summary, THRESHOLDS, received=300)
     assert level == OK and "superseded" in message
     # Even with every frame but one superseded, over any window.
-    stats = overloaded(superseded_per_frame=1000, published=3)
+    stats = overloaded(superseded_per_frame=1000, frames=3)
     level, _ = assess_health(stats.summary(now=1.1), THRESHOLDS, received=3003)
     assert level == OK
 
@@ -120,7 +142,7 @@ def test_rate_is_judged_against_the_expected_rate(expected_rate, level):
 
 
 def test_rate_is_not_judged_before_it_can_be_measured():
-    stats = overloaded(superseded_per_frame=0, published=1)
+    stats = overloaded(superseded_per_frame=0, frames=1)
     thresholds = {**THRESHOLDS, "expected_rate_hz": 30.0}
     assert assess_health(stats.summary(now=0.1), thresholds, received=1)[0] == OK
 
@@ -142,7 +164,7 @@ def test_stopped_worker_and_budget_misses():
     assert level == ERROR and "worker stopped: SystemExit: 1" in message
     missed = FrameStats()
     for i in range(10):
-        missed.published(50.0, missed=i < 3, exit_layer=1, now=i * 0.1)
+        missed.add(published(50.0, missed=i < 3, exit_layer=1, now=i * 0.1))
     level, message = assess_health(missed.summary(now=0.95), THRESHOLDS, budget_ms=40.0,
                                    received=10)
     assert level == ERROR and "30% of frames over the 40 ms budget" in message

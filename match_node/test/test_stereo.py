@@ -100,7 +100,27 @@ def test_stereo_ids_continue_as_temporal_tracks(pipeline, motorcycle):
     assert len(same) > 100 and all(same)
 
 
-def test_size_mismatch_is_dropped_with_a_note(pipeline, motorcycle):
+def test_size_mismatch_is_an_image_error_and_leaves_the_stream_alone(pipeline, motorcycle):
+    from match_node.engine.image import ImageError
+
     left, right, _ = motorcycle
-    event = StereoMatcher(pipeline).push(left, np.ascontiguousarray(right[:-8]), 1)
-    assert event.stereo is None and event.temporal.dropped and "differ in size" in event.note
+    matcher = StereoMatcher(pipeline)
+    with pytest.raises(ImageError, match="differ in size; dropped"):
+        matcher.push(left, np.ascontiguousarray(right[:-8]), 1)
+    assert matcher.stream.frame_index == -1 and matcher.stream.previous is None
+
+
+def test_another_view_needs_a_current_frame_and_is_refined_like_the_stream(pipeline, motorcycle):
+    from match_node.engine.stream import SequentialMatcher
+
+    left, right, _ = motorcycle
+    stream = SequentialMatcher(pipeline)
+    with pytest.raises(RuntimeError, match="push one first"):
+        stream.match_view(right, 0.0)
+    stream.push(left, 1)
+    result = stream.match_view(right, pipeline.budget.clock())
+    assert result.track_ids.size == 0  # ids come from track_view, after any filter
+    assert pipeline.refining and result.refined.shape == (len(result),)
+    assert result.refined.mean() > 0.5  # the stream's refinement step, shared
+    stream.track_view(result)
+    assert len(set(result.track_ids.tolist())) == len(result) > 200

@@ -72,7 +72,7 @@ def test_stereo_node_publishes_stereo_and_temporal(ros, middlebury):
         right_pub.publish(image_msg(right, 4 * 10**9, "right_optical"))
         left_pub.publish(image_msg(left, 4 * 10**9, "left_optical"))
         wait_until(lambda: len(received["stereo"]) == 3, 60, "the third stereo message")
-        assert node.counters.dropped_unpaired == 2
+        assert node.runner.counters.dropped_unpaired == 2
         assert received["stereo"][2].header.stamp.sec == 4
         assert received["stereo"][2].dropped_frames == 2
 

@@ -224,14 +224,14 @@ def test_malformed_stamps_are_image_errors(sec, nanosec, fragment):
 # --- the offline runner (bags) checks the same before decoding -----------------------------
 def test_offline_runner_drops_a_compressed_bomb_before_decoding(pipeline, huge_png,
                                                                 no_decoding):
-    from match_node.bags import rosbag as bags
+    from match_node.bags import msgtypes, rosbag as bags
     from match_node.bags.offline import MonoRunner
-    ts = bags.typestore()
-    message = bags.make_message(ts, bags.COMPRESSED_IMAGE, {
-        "header": bags.header_fields(5 * 10**9, "cam"), "format": "png",
+    ts = msgtypes.typestore()
+    message = msgtypes.make_message(ts, msgtypes.COMPRESSED_IMAGE, {
+        "header": msgtypes.header_fields(5 * 10**9, "cam"), "format": "png",
         "data": np.frombuffer(huge_png, np.uint8)})
-    frame = bags.BagImage("/camera/image/compressed", bags.COMPRESSED_IMAGE, 5 * 10**9,
-                          5 * 10**9, "cam", ts.serialize_cdr(message, bags.COMPRESSED_IMAGE))
+    frame = bags.BagImage("/camera/image/compressed", msgtypes.COMPRESSED_IMAGE, 5 * 10**9,
+                          5 * 10**9, "cam", ts.serialize_cdr(message, msgtypes.COMPRESSED_IMAGE))
     runner = MonoRunner(pipeline, "/camera/image/compressed", "/out", max_input_pixels=LIMIT)
     assert runner.process(frame) == []
     assert runner.log[-1].status == "dropped"

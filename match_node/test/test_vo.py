@@ -7,8 +7,8 @@ import pytest
 from match_node import Pipeline
 from match_node.groundtruth.scene import (load_motorcycle, project, relative_motion, render,
                               render_depth, stereo_pair, trajectory)
-from match_node.vo import (Odometry, PoseEstimate, pose_errors, relative_pose,
-                           scale_from_depths, stereo_depth, triangulate)
+from match_node.vo import PoseEstimate, pose_errors, relative_pose, triangulate
+from match_node.vo_metric import Odometry, scale_from_depths, stereo_depth
 
 REF, CUR = 0, 3          # trajectory frames of the two-view tests: 6.7 cm, 1.7 degrees apart
 STEREO_BASELINE = 0.1    # metres
@@ -245,7 +245,7 @@ def test_stereo_fixes_the_monocular_scale(scene, poses, temporal_matches, stereo
 
 
 def test_pnp_on_stereo_points_gives_the_metric_motion(scene, poses):
-    from match_node.vo import pose_from_points, stereo_points
+    from match_node.vo_metric import pose_from_points, stereo_points
     xy_a, xy_b, points_a = synthetic_views(scene, poses[REF], poses[CUR], 500, 0.3, 3)
     R, t = relative_motion(poses[REF], poses[CUR])
     # Stereo points of the reference camera: right view shifted by a 10 cm baseline.

@@ -52,7 +52,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import rosbag as bags
+from . import msgtypes, rosbag as bags
 
 MONO_IMAGE = "/camera/image_raw"
 MONO_INFO = "/camera/camera_info"
@@ -102,7 +102,7 @@ def pose_fields(world_to_camera: np.ndarray, stamp_ns: int) -> dict:
     T = np.linalg.inv(np.asarray(world_to_camera, np.float64).reshape(4, 4))
     x, y, z = T[:3, 3]
     qx, qy, qz, qw = rotation_to_quaternion(T[:3, :3])
-    return {"header": bags.header_fields(stamp_ns, WORLD_FRAME),
+    return {"header": msgtypes.header_fields(stamp_ns, WORLD_FRAME),
             "pose": {"position": {"x": x, "y": y, "z": z},
                      "orientation": {"x": qx, "y": qy, "z": qz, "w": qw}}}
 
@@ -164,7 +164,7 @@ def write_sequence_bag(path: str | Path, frames: Sequence[np.ndarray], stamps_ns
         if frame.shape != frames[0].shape or frame.ndim not in (2, 3) or min(height, width) < 8:
             raise ValueError(f"frames must be images of one size (at least 8x8); got "
                              f"{frame.shape} and {frames[0].shape}")
-    ts = bags.typestore()
+    ts = msgtypes.typestore()
 
     if stereo:
         cameras = [(LEFT_IMAGE, LEFT_INFO, frame_id or "stereo_left_optical", frames, 0.0),
@@ -172,17 +172,17 @@ def write_sequence_bag(path: str | Path, frames: Sequence[np.ndarray], stamps_ns
                     -K[0, 0] * float(baseline))]
     else:
         cameras = [(MONO_IMAGE, MONO_INFO, frame_id or "camera_optical", frames, 0.0)]
-    image_type = bags.COMPRESSED_IMAGE if compressed else bags.IMAGE
+    image_type = msgtypes.COMPRESSED_IMAGE if compressed else msgtypes.IMAGE
     suffix = "/compressed" if compressed else ""
 
     with bags.BagWriter(path, storage=storage, ts=ts) as bag:
         for image_topic, info_topic, _, _, _ in cameras:
             bag.add_topic(image_topic + suffix, image_type)
-            bag.add_topic(info_topic, bags.CAMERA_INFO)
+            bag.add_topic(info_topic, msgtypes.CAMERA_INFO)
         if poses is not None:
-            bag.add_topic(GROUND_TRUTH_POSE, bags.POSE_STAMPED)
+            bag.add_topic(GROUND_TRUTH_POSE, msgtypes.POSE_STAMPED)
         if homographies is not None:
-            bag.add_topic(GROUND_TRUTH_HOMOGRAPHY, bags.FLOAT64_MULTI_ARRAY)
+            bag.add_topic(GROUND_TRUTH_HOMOGRAPHY, msgtypes.FLOAT64_MULTI_ARRAY)
         for i, stamp in enumerate(stamps):
             log_time = stamp + int(log_delay_ns)
             for image_topic, info_topic, fid, images, tx in cameras:
@@ -191,14 +191,14 @@ def write_sequence_bag(path: str | Path, frames: Sequence[np.ndarray], stamps_ns
                     raise ValueError(f"frame {i} is {image.shape[1]}x{image.shape[0]}, "
                                      f"expected {width}x{height}")
                 if compressed:
-                    msg = bags.compressed_image_message(ts, image, stamp, fid, compressed)
+                    msg = msgtypes.compressed_image_message(ts, image, stamp, fid, compressed)
                 else:
-                    msg = bags.image_message(ts, image, stamp, fid,
+                    msg = msgtypes.image_message(ts, image, stamp, fid,
                                              "rgb8" if image.ndim == 3 else "mono8")
                 bag.write(image_topic + suffix, log_time, msg)
                 P = np.hstack([K, [[tx], [0.0], [0.0]]])
                 bag.write(info_topic, log_time,
-                          bags.camera_info_message(ts, K, width, height, stamp, fid, P))
+                          msgtypes.camera_info_message(ts, K, width, height, stamp, fid, P))
             if poses is not None:
                 bag.write_fields(GROUND_TRUTH_POSE, log_time, pose_fields(poses[i], stamp))
             if homographies is not None:

@@ -4,8 +4,8 @@
         [--config FILE.yaml] [--set name=value ...] [--output-topic TOPIC]
         [--storage sqlite3|mcap] [--copy TOPIC ...] [--summary FILE.json] [--quiet]
 
-Runs the node's frame loop (SequentialMatcher: extract each frame once, match it to the
-previous one, track ids) on every image of the topic in the bag's order, and writes one
+Runs the node's frame loop (engine/runner.py's FrameRunner: extract each frame once, match it
+to the previous one, track ids) on every image of the topic in the bag's order, and writes one
 match_node_msgs/Correspondences message per matched frame to OUT_BAG, on `--output-topic`
 (default `<camera namespace>/correspondences`, e.g. /camera/correspondences for
 /camera/image_raw) at the log (receive) time of its image, with the message's full
@@ -26,16 +26,16 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import rosbag as bags
+from . import msgtypes, rosbag as bags
 from .. import params as P
-from ..engine.image import ImageError
-from ..messages import EXIT_NAMES, PAIRING_SEQUENTIAL, correspondence_fields
+from ..engine.framelog import DROPPED, FIRST, RESTARTED, FrameLog
+from ..messages import EXIT_NAMES, correspondence_fields
 
 GROUND_TRUTH_HOMOGRAPHY = "/ground_truth/homography"
 TIMINGS = ("preprocess_ms", "extract_ms", "match_ms", "total_ms")
@@ -50,90 +50,47 @@ class Output:
     reference_log_time_ns: int
 
 
-@dataclass
-class FrameLog:
-    """What happened to one input frame (for the per-frame lines and the summary)."""
-    frame_index: int
-    topic: str
-    stamp_ns: int
-    log_time_ns: int
-    status: str                      # matched, first, restarted, dropped
-    note: str = ""
-    matches: int | None = None
-    keypoints: int | None = None
-    exit_layer: int | None = None
-    exit_reason: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    precision: float | None = None
-    median_error_px: float | None = None
-
-
 class MonoRunner:
-    """The frame loop for one camera: each image matched to the previous one.
+    """The bag side of the frame loop for one camera: BagImages in, messages to write out.
 
     `input_topics` are read from the bag (in log-time order) and handed to `process`, which
-    returns the messages to write. A stereo runner keeps the same interface (e.g. buffering
-    the left image of a stamp until its right image arrives).
+    returns the messages to write; `log` holds one FrameLog per input frame. A stereo runner
+    keeps the same interface (e.g. buffering the left image of a stamp until its right image
+    arrives).
     """
 
     def __init__(self, pipeline, image_topic: str, output_topic: str,
                  on_stamp_backwards: str = "reset", max_input_pixels: int = 1 << 24) -> None:
-        from ..engine.stream import SequentialMatcher
+        from ..engine.runner import FrameRunner
 
         self.pipeline = pipeline
         self.image_topic = image_topic
         self.output_topic = output_topic
-        self.max_input_pixels = max_input_pixels
-        self.stream = SequentialMatcher(pipeline, on_stamp_backwards)
+        self.runner = FrameRunner(pipeline, on_stamp_backwards, max_input_pixels)
         self.input_topics = [image_topic]
-        self.output_topics = {output_topic: bags.CORRESPONDENCES}
+        self.output_topics = {output_topic: msgtypes.CORRESPONDENCES}
         self.log: list[FrameLog] = []
-        self._reference: bags.BagImage | None = None  # the last frame that entered the stream
-        self._unpublished_drops = 0
-
-    def _drop(self, record: FrameLog, note: str) -> list[Output]:
-        record.status, record.note = "dropped", note
-        self._unpublished_drops += 1
-        return []
 
     def process(self, frame: bags.BagImage) -> list[Output]:
-        clock = self.pipeline.budget.clock
-        started = clock()
-        record = FrameLog(self.stream.frame_index + 1, frame.topic, frame.stamp_ns,
-                          frame.log_time_ns, "matched")
-        self.log.append(record)
-        try:
-            image = frame.decode(self.max_input_pixels)  # compressed: checked before decoding
-            if image.shape[0] * image.shape[1] > self.max_input_pixels:
-                raise ImageError(f"{image.shape[1]}x{image.shape[0]} image exceeds "
-                                 f"max_input_pixels={self.max_input_pixels}")
-            event = self.stream.push(image, frame.stamp_ns, started_ms=started)
-        except ImageError as error:
-            return self._drop(record, str(error))
+        from ..engine.runner import FrameInput
+
+        # Compressed images are checked against max_input_pixels before decoding (decode);
+        # the log time is what the bag writer needs of a frame: the outputs carry it back.
+        step = self.runner.take(FrameInput(frame.stamp_ns, frame.frame_id, frame.decode,
+                                           frame.log_time_ns))
+        self.log.append(step.record)
         frame.image = None  # the stream keeps what it needs
-        record.frame_index = event.frame_index
-        if event.dropped:
-            return self._drop(record, event.note or "")
         outputs = []
-        if event.result is not None and self._reference is not None:
-            result = event.result
+        for out in step.outputs:
             fields = correspondence_fields(
-                result, frame.stamp_ns, frame.frame_id, event.reference_stamp,
-                self._reference.frame_id, pairing=PAIRING_SEQUENTIAL,
-                frame_index=event.frame_index, dropped_frames=self._unpublished_drops,
-                tracks_reset=event.tracks_reset)
-            fields["total_ms"] = clock() - started
-            self._unpublished_drops = 0
-            outputs.append(Output(self.output_topic, frame.log_time_ns, fields,
-                                  self._reference.log_time_ns))
-            record.matches, record.keypoints = len(result), int(result.num_keypoints1)
-            record.exit_layer, record.exit_reason = int(result.exit_layer), int(result.exit_reason)
-            record.timings = {name: float(fields[name]) for name in TIMINGS}
-        else:
-            record.status = "first" if self._reference is None else "restarted"
-        record.note = event.note or ""
-        self.stream.finish_frame(clock() - started)
-        self._reference = frame
+                out.result, out.current.stamp_ns, out.current.frame_id, out.reference.stamp_ns,
+                out.reference.frame_id, pairing=out.pairing, frame_index=out.frame_index,
+                dropped_frames=out.dropped_frames, tracks_reset=out.tracks_reset)
+            fields["total_ms"] = self.runner.elapsed_ms(step)
+            self.runner.published(step, out, fields["total_ms"])
+            outputs.append(Output(self.output_topic, out.current.source, fields,
+                                  out.reference.source))
+        self.runner.finish(step)
         return outputs
 
 
@@ -167,8 +124,8 @@ def summarise(log: list[FrameLog], messages: int, errors: list[np.ndarray],
         **extra,
         "frames": len(log),
         "messages": messages,
-        "dropped": sum(r.status == "dropped" for r in log),
-        "restarts": sum(r.status in ("first", "restarted") for r in log),
+        "dropped": sum(r.status == DROPPED for r in log),
+        "restarts": sum(r.status in (FIRST, RESTARTED) for r in log),
         "matches_per_frame": [r.matches for r in matched],
         "matches": {"total": int(sum(r.matches for r in matched)),
                     **_stats(r.matches for r in matched)},
@@ -301,10 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..engine import families
     try:
         values = P.load_yaml(args.config) if args.config else {}
         values.update(P.parse_assignments(args.set))
-        P.validate(values)
+        families.validate(values)  # and whether extractor and matcher fit
     except (P.ParameterError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,13 +1,16 @@
 """The matching engine: from a numpy frame to matches, with no ROS and no file formats.
 
-What lives here: model families and their weights (`families`, `weights`), image preparation
-and input guards (`image`), the pipeline that composes extractor, matcher and refinement
-(`pipeline`), the per-stream state (`stream`: reference frame, texture switch, tracks), the
-result types (`results`), the latency budget (`budget`), the texture measure and the
-textureless path's helpers (`texture`), sub-pixel refinement (`refine`), track ids
-(`tracker`), stereo pairing (`stereo`) and the frame runner that every front end shares
-(`runner`).
+    families, matchers   what each `extractor` / `matcher` value means: build, weights,
+                         parameters, partners, one call signature (the registry)
+    weights, backends    official checkpoints; where a network runs (torch, OpenVINO)
+    image                decoding guards and preparation of frames
+    pipeline, results    extractor + matcher + refinement on a pair; Features, MatchResult
+    stream, stereo       a camera's stream (reference frame, texture switch, tracks); stereo
+    runner, framelog     the frame loop every front end shares; one record per frame
+    budget, costmodel    the latency budget and its online cost models
+    texture, refine,     the texture measure and textureless helpers; sub-pixel refinement;
+    tracker              persistent track ids
 
-It may import `match_node.models`, `match_node.params` and `match_node.messages` (constants
-only); never `bags`, `groundtruth` or `ros`.
+It may import `match_node.models`, `match_node.params` and `match_node.messages`; never
+`bags`, `groundtruth` or `ros` (test_core_no_ros.py checks the direction of every import).
 """

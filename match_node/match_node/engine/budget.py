@@ -19,102 +19,17 @@ reading host time over queued asynchronous work. No ROS, no networks: only count
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-
-class OnlineLeastSquares:
-    """Recursive least squares with exponential forgetting, for small linear cost models.
-
-    With `relative=True` it minimises relative rather than absolute errors (each sample is
-    weighted by 1/target), so small and large workloads are predicted equally well: a 3%
-    jitter on a 300 ms layer must not swamp a 5 ms one.
-    """
-
-    def __init__(self, num_features: int, forgetting: float = 0.98, relative: bool = True,
-                 prior: np.ndarray | None = None, prior_variance: float = 1e8) -> None:
-        self.weights = np.zeros(num_features) if prior is None else np.asarray(prior, float).copy()
-        self.covariance = np.eye(num_features) * prior_variance
-        self.forgetting = forgetting
-        self.relative = relative
-        self.count = 0
-
-    def predict(self, features: np.ndarray) -> float:
-        return float(features @ self.weights)
-
-    def update(self, features: np.ndarray, target: float) -> None:
-        if self.relative:
-            scale = 1.0 / max(abs(target), 1e-3)
-            features, target = features * scale, target * scale
-        p_x = self.covariance @ features
-        gain = p_x / (self.forgetting + features @ p_x)
-        self.weights = self.weights + gain * (target - features @ self.weights)
-        self.covariance = (self.covariance - np.outer(gain, p_x)) / self.forgetting
-        # Keep the covariance bounded when some feature is never excited.
-        np.clip(self.covariance, -1e10, 1e10, out=self.covariance)
-        self.count += 1
-
-
-def layer_features(n0: int, n1: int) -> np.ndarray:
-    """Cost terms of one LightGlue layer: linear layers ~ n, self-attention ~ n^2 per image,
-    cross-attention ~ n0*n1 (in thousands of points)."""
-    a, b = n0 / 1000.0, n1 / 1000.0
-    return np.array([1.0, a + b, a * a + b * b, a * b])
-
-
-def assignment_features(n0: int, n1: int) -> np.ndarray:
-    a, b = n0 / 1000.0, n1 / 1000.0
-    return np.array([1.0, a + b, a * b])
-
-
-def extraction_features(pixels: float, keypoints: int) -> np.ndarray:
-    """Dense network cost ~ pixels, descriptor head ~ keypoints (millions / thousands)."""
-    return np.array([1.0, pixels / 1e6, keypoints / 1000.0])
-
-
-class ErrorQuantile:
-    """Quantile of recent actual/predicted ratios: the safety factor for a target percentile."""
-
-    def __init__(self, window: int = 200) -> None:
-        self._ratios: deque[float] = deque(maxlen=window)
-
-    def add(self, actual: float, predicted: float) -> None:
-        if predicted > 1e-6 and actual >= 0:
-            self._ratios.append(actual / predicted)
-
-    def factor(self, percentile: float, default: float = 1.2) -> float:
-        if len(self._ratios) < 5:
-            return default
-        return float(np.clip(np.percentile(self._ratios, percentile), 0.5, 5.0))
-
-
-class CostModel:
-    """Online models of LightGlue's per-layer and assignment cost, in ms, on one device."""
-
-    def __init__(self) -> None:
-        self.layer = OnlineLeastSquares(4, forgetting=0.995)
-        self.assignment = OnlineLeastSquares(3, forgetting=0.99)
-        self.layer_error = ErrorQuantile()
-
-    def predict_layer(self, n0: int, n1: int) -> float:
-        return max(self.layer.predict(layer_features(n0, n1)), 0.0)
-
-    def predict_assignment(self, n0: int, n1: int) -> float:
-        return max(self.assignment.predict(assignment_features(n0, n1)), 0.0)
-
-    def observe_layer(self, n0: int, n1: int, ms: float) -> None:
-        if self.layer.count >= 10:  # errors of a model still converging are not noise
-            self.layer_error.add(ms, self.predict_layer(n0, n1))
-        self.layer.update(layer_features(n0, n1), ms)
-
-    def observe_assignment(self, n0: int, n1: int, ms: float) -> None:
-        self.assignment.update(assignment_features(n0, n1), ms)
+from .. import params as P
+from .costmodel import CostModel, ErrorQuantile, OnlineLeastSquares, extraction_features
 
 
 def host_clock() -> float:
+    """Host time in ms, the clock of a budget whose device work is synchronous (CPU)."""
     return time.perf_counter() * 1e3
 
 
@@ -192,15 +107,26 @@ class FrameRecord:
 
 class LatencyBudget:
     """Per-frame latency budget: deadlines inside LightGlue, keypoint/resolution control across
-    frames. `budget_ms` <= 0 disables the deadline and the control (timing still learns)."""
+    frames. `budget_ms` <= 0 disables the deadline and the control (timing still learns).
 
-    def __init__(self, budget_ms: float = 0.0, percentile: float = 95.0,
-                 min_keypoints: int = 128, max_keypoints: int = 1024,
-                 min_image_side: int = 320, max_image_side: int = 1024,
-                 target_layers: int = 3, detection_threshold: float = 0.2,
+    The bounds default to the parameters of the same meaning in params.py (latency_budget_ms,
+    budget_percentile, min/max_keypoints, min/max_image_side, budget_target_layers), so a
+    default is stated once. `detection_threshold` is the extractor's configured threshold,
+    which its owner sets (the pipeline does, from the extractor family); while it is None the
+    budget cannot lower it at a reduced resolution and frames keep the configured one.
+    """
+
+    def __init__(self, budget_ms: float = P.SPECS["latency_budget_ms"].default,
+                 percentile: float = P.SPECS["budget_percentile"].default,
+                 min_keypoints: int = P.SPECS["min_keypoints"].default,
+                 max_keypoints: int = P.SPECS["max_keypoints"].default,
+                 min_image_side: int = P.SPECS["min_image_side"].default,
+                 max_image_side: int = P.SPECS["max_image_side"].default,
+                 target_layers: int = P.SPECS["budget_target_layers"].default,
+                 detection_threshold: float | None = None,
                  clock: Callable[[], float] = host_clock) -> None:
         self.clock = clock
-        self.detection_threshold = detection_threshold  # the extractor's configured one
+        self.detection_threshold = detection_threshold
         self.cost = CostModel()
         self.extraction = OnlineLeastSquares(3, forgetting=0.95)
         self.extraction_error = ErrorQuantile(window=50)
@@ -254,8 +180,8 @@ class LatencyBudget:
             side = 0  # no resizing requested and none needed
         cap = int(round(self.keypoint_cap))
         if reduced and self._full_count:
-            return FrameSettings(max(1, int(min(cap, self._full_count))), side,
-                                 self.detection_threshold / 4)
+            lowered = None if self.detection_threshold is None else self.detection_threshold / 4
+            return FrameSettings(max(1, int(min(cap, self._full_count))), side, lowered)
         return FrameSettings(cap, side)
 
     def _points(self, cap: float) -> int:

@@ -1,6 +1,9 @@
-"""Which model classes, checkpoints and LightGlue configuration each `extractor` / `matcher`
-parameter value selects. No ROS imports; models are imported when first built, so choosing
-one family never loads the code of the others.
+"""The one registry of what each `extractor` and `matcher` parameter value means: the model it
+builds with which official file, its parameters and their model defaults, the descriptor
+sizes it gives or takes, and how the pipeline runs it. The pipeline asks this registry and
+never branches on model names. No ROS and no torch imports: models are imported when first
+built, so choosing one family never loads the code of the others, and the launch files can
+check parameters without torch.
 
     extractor            weights (official file)            LightGlue weights
     aliked-n16/...       aliked-n16.pth ...                 aliked_lightglue.pth
@@ -9,11 +12,19 @@ one family never loads the code of the others.
     sift                 (OpenCV, no weights)               sift_lightglue.pth
     xfeat                xfeat.pt                           xfeat-lighterglue.pt (LighterGlue)
 
-Matchers: 'lightglue' (the extractor's LightGlue, LighterGlue for XFeat), 'superglue'
-(SuperPoint only: it was trained on SuperPoint descriptors), 'nn' (mutual nearest neighbour
-with the ratio test, any extractor), 'loftr' (detector-free) and 'auto' (LightGlue; while the
-scene is textureless, LoFTR when its file is available, else SIFT on contrast-normalised images
-with nearest neighbours).
+Keypoint matchers (`KEYPOINT_MATCHERS`; their classes in matchers.py run them all through one
+signature, `entry.run(model, features0, features1, hook, min_exit_matches)`): 'lightglue'
+(ALIKED, SuperPoint, DISK, SIFT), 'lighterglue' (XFeat's small LightGlue), 'superglue'
+(SuperPoint only: it was trained on SuperPoint descriptors) and 'nn' (mutual nearest
+neighbour with the ratio test, any descriptor). `matcher` values (`MATCHER_MODES`): 'lightglue' (the extractor's
+LightGlue), 'superglue', 'nn', 'loftr' (detector-free, `LOFTR`) and 'auto' (the extractor's
+LightGlue; while the scene is textureless one of `textureless_paths()`: LoFTR when its file
+is available, else SIFT on contrast-normalised images with nearest neighbours).
+
+Model defaults: a parameter set to its `ParamSpec.model_default` (-1, for detection_threshold,
+nms_radius, depth_confidence and width_confidence) takes the built model's own
+setting (XFeat's LighterGlue: no early exit, pruning at 0.95); any other value is used as
+given.
 
 Which combinations work is decided here, once (`combination_problem`), from the descriptor
 size each extractor gives and the one each matcher's official weights take: aliked-t16 gives
@@ -21,37 +32,52 @@ size each extractor gives and the one each matcher's official weights take: alik
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from torch import nn
+from .. import params as P
+from .matchers import (DetectorFreeMatcher, KeypointMatcher, LightGlueMatcher, NearestMatcher,
+                       SuperGlueMatcher, load_weights, model_attr, own_or_given, update_known)
 
-from ..models.lightglue import FEATURES
+if TYPE_CHECKING:
+    from torch import nn
 
 
+# --- extractors ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ExtractorFamily:
+    """What one `extractor` value builds and how its parameters apply."""
     name: str                     # the `extractor` parameter value
     module: str                   # file under match_node/models
     class_name: str
     options: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None  # key in weights.CHECKPOINTS; None: no weights (SIFT)
-    lightglue: str = "aliked"     # configuration key in lightglue.FEATURES
+    lightglue: str = "aliked"     # configuration key in models.lightglue.FEATURES
+    lightglue_matcher: str = "lightglue"  # the KEYPOINT_MATCHERS entry its LightGlue is
     licence: str = ""             # a restriction users must know about, if any
     # Length of the descriptors the official weights produce (test_families checks it by
     # running each extractor with its official file): what a matcher's weights must take.
     descriptor_dim: int = 0
 
     def model_class(self) -> type[nn.Module]:
-        return getattr(importlib.import_module(f"match_node.models.{self.module}"),
-                       self.class_name)
+        return model_attr(self.module, self.class_name)
 
     def build(self) -> nn.Module:
+        """The model without weights."""
         return self.model_class()(**self.options)
 
     def rename(self) -> Callable[[dict], dict] | None:
         return getattr(self.model_class(), "rename_official_keys", None)
+
+    def load(self, params: Mapping[str, Any]) -> tuple[nn.Module, Path | None]:
+        """The model with its weights (`extractor_weights`, else the official file), and the
+        file loaded (None: the family has no weights)."""
+        model = self.build()
+        if self.checkpoint is None:
+            return model, None
+        return model, load_weights(model, self.checkpoint, params["extractor_weights"],
+                                   params, self.rename())
 
     @property
     def own_threshold(self) -> float:
@@ -66,6 +92,17 @@ class ExtractorFamily:
             radius = (conf["nms_window_size"] - 1) // 2
         return int(radius or 0)
 
+    def threshold(self, value: float) -> float:
+        """The detection threshold in effect for a `detection_threshold` value."""
+        return own_or_given("detection_threshold", value, self.own_threshold)
+
+    def apply(self, model: nn.Module, params: Mapping[str, Any]) -> None:
+        """Set the run-time parameters on the built model."""
+        update_known(model.conf, max_num_keypoints=params["max_keypoints"],
+                     detection_threshold=self.threshold(params["detection_threshold"]),
+                     nms_radius=own_or_given("nms_radius", params["nms_radius"],
+                                             self.own_nms_radius))
+
 
 _NON_COMMERCIAL = ("Magic Leap's SuperPoint/SuperGlue weights are licensed for "
                    "non-commercial research use only")
@@ -77,81 +114,154 @@ EXTRACTOR_FAMILIES: dict[str, ExtractorFamily] = {
                              descriptor_dim=64 if name == "aliked-t16" else 128)
        for name in ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")},
     "superpoint": ExtractorFamily("superpoint", "superpoint", "SuperPoint", {}, "superpoint",
-                                  "superpoint", _NON_COMMERCIAL, descriptor_dim=256),
+                                  "superpoint", licence=_NON_COMMERCIAL, descriptor_dim=256),
     "disk": ExtractorFamily("disk", "disk", "DISK", {}, "disk-depth", "disk", descriptor_dim=128),
     "sift": ExtractorFamily("sift", "sift", "SIFT", {}, None, "sift", descriptor_dim=128),
-    "xfeat": ExtractorFamily("xfeat", "xfeat", "XFeat", {}, "xfeat", "xfeat", descriptor_dim=64),
+    "xfeat": ExtractorFamily("xfeat", "xfeat", "XFeat", {}, "xfeat", "xfeat",
+                             lightglue_matcher="lighterglue", descriptor_dim=64),
 }
 
-DETECTOR_MATCHERS = ("lightglue", "superglue", "nn")
-# SuperGlue's official weights (indoor and outdoor) take SuperPoint's 256-d descriptors.
-SUPERGLUE_INPUT_DIM = 256
+
+# --- matcher values ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MatcherMode:
+    """What one `matcher` value means."""
+    name: str                    # the `matcher` parameter value
+    keypoint: str = ""           # KEYPOINT_MATCHERS key; "": the extractor's own LightGlue
+    role: str = ""               # why it needs that LightGlue (for refusals)
+    detector_free: bool = False  # frames are matched by LOFTR, not by keypoints
+    switches: bool = False       # textureless frames take a textureless path (texture.py)
+
+
+MATCHER_MODES: dict[str, MatcherMode] = {
+    "lightglue": MatcherMode("lightglue"),
+    "superglue": MatcherMode("superglue", keypoint="superglue"),
+    "nn": MatcherMode("nn", keypoint="nn"),
+    # The keypoint matcher stays loaded in 'loftr' mode: texture and stereo use features.
+    "loftr": MatcherMode("loftr", role=", which matcher 'loftr' loads too (the stereo node "
+                                       "matches left-right pairs with it)", detector_free=True),
+    "auto": MatcherMode("auto", role=", which matcher 'auto' uses on textured frames",
+                        switches=True),
+}
+
+
+_LIGHTGLUE_PARAMETERS = {"depth_confidence": "depth_confidence",
+                         "width_confidence": "width_confidence",
+                         "filter_threshold": "filter_threshold"}
+
+KEYPOINT_MATCHERS: dict[str, KeypointMatcher] = {
+    "lightglue": LightGlueMatcher(
+        name="lightglue", module="lightglue", class_name="LightGlue",
+        parameters=_LIGHTGLUE_PARAMETERS, rename="lightglue:LightGlue.rename_official_keys",
+        checkpoints={"aliked": "lightglue-aliked", "disk": "lightglue-disk",
+                     "superpoint": "lightglue-superpoint", "sift": "lightglue-sift"}),
+    # XFeat's file holds extractor and matcher; the rename keeps the matcher part.
+    "lighterglue": LightGlueMatcher(
+        name="lighterglue", module="lightglue", class_name="LightGlue",
+        parameters=_LIGHTGLUE_PARAMETERS, rename="xfeat:lighterglue_rename",
+        checkpoints={"xfeat": "xfeat-lighterglue"}),
+    "superglue": SuperGlueMatcher(
+        name="superglue", module="superglue", class_name="SuperGlue",
+        parameters={"sinkhorn_iterations": "sinkhorn_iterations",
+                    "superglue_threshold": "match_threshold"},
+        rename="superglue:SuperGlue.rename_official_keys", licence=_NON_COMMERCIAL),
+    "nn": NearestMatcher(name="nn", module="nearest", class_name="NearestNeighbor",
+                         parameters={"nn_ratio": "ratio"}),
+}
+
+
+def keypoint_matcher(family: ExtractorFamily, mode: MatcherMode) -> KeypointMatcher:
+    """The keypoint matcher a `matcher` value loads for an extractor family."""
+    return KEYPOINT_MATCHERS[mode.keypoint or family.lightglue_matcher]
 
 
 def lightglue_checkpoint(family: ExtractorFamily) -> str:
-    return FEATURES[family.lightglue]["checkpoint"]
-
-
-def lightglue_rename(family: ExtractorFamily) -> Callable[[dict], dict]:
-    """Key renaming for the family's LightGlue file (XFeat's holds extractor and matcher)."""
-    if family.lightglue == "xfeat":
-        from ..models.xfeat import lighterglue_rename
-        return lighterglue_rename
-    from ..models.lightglue import LightGlue
-    return LightGlue.rename_official_keys
-
-
-def detector_matcher_name(family: ExtractorFamily, matcher: str) -> str:
-    """The name a result reports for the keypoint matcher of this family and parameter."""
-    if matcher in ("lightglue", "auto", "loftr"):
-        return "lighterglue" if family.lightglue == "xfeat" else "lightglue"
-    return matcher
+    """Key of the family's official LightGlue file in weights.CHECKPOINTS."""
+    own = keypoint_matcher(family, MATCHER_MODES["lightglue"])
+    return own.checkpoint(family, {})
 
 
 def lightglue_input_dim(family: ExtractorFamily) -> int:
     """Descriptor size the family's official LightGlue file takes (its input projection)."""
-    return int(FEATURES[family.lightglue]["input_dim"])
+    return keypoint_matcher(family, MATCHER_MODES["lightglue"]).input_dim(family)
 
 
+# --- LoFTR and the textureless paths of matcher 'auto' ------------------------------------
+LOFTR = DetectorFreeMatcher(name="loftr", module="loftr", class_name="LoFTR",
+                            parameters={"loftr_threshold": "match_threshold"},
+                            rename="loftr:LoFTR.rename_official_keys")
+
+
+@dataclass(frozen=True)
+class TexturelessPath:
+    """How matcher 'auto' matches textureless frames: LOFTR, or a keypoint extractor on
+    contrast-normalised images with a keypoint matcher and the epipolar check."""
+    name: str                    # what the stream reports while on it (texture.TEXTURELESS_*)
+    detector_free: bool = False
+    extractor: str = ""          # EXTRACTOR_FAMILIES key (keypoint path)
+    matcher: str = ""            # KEYPOINT_MATCHERS key (keypoint path)
+
+    def available(self, params: Mapping[str, Any]) -> bool:
+        return LOFTR.file_available(params) if self.detector_free else True
+
+    def extractor_family(self) -> ExtractorFamily:
+        return EXTRACTOR_FAMILIES[self.extractor]
+
+    def keypoint_matcher(self) -> KeypointMatcher:
+        return KEYPOINT_MATCHERS[self.matcher]
+
+    def note(self, params: Mapping[str, Any], loftr_weights: Path | None) -> str:
+        """Which path serves textureless frames, and why: logged once at start-up."""
+        if self.detector_free:
+            return (f"matcher auto: textureless frames are matched by LoFTR "
+                    f"({params['loftr_model']}, {loftr_weights})")
+        from . import weights
+        checkpoint = weights.CHECKPOINTS[params["loftr_model"]]
+        return (f"matcher auto: textureless frames are matched by SIFT on contrast-normalised "
+                f"images + nearest neighbours ({self.name}), because no LoFTR file is "
+                f"available (loftr_weights is empty and {checkpoint.file_name} is not in "
+                f"{weights.hub_checkpoint_dir()}); give loftr_weights to use LoFTR instead")
+
+
+def textureless_paths() -> tuple[TexturelessPath, ...]:
+    """matcher 'auto': the textureless paths, preferred first. Without a LoFTR file, SIFT on
+    contrast-normalised images + nearest neighbours: the best path measured with the files
+    this project loads offline (bench/lowtexture.py); it needs no weights."""
+    from .texture import TEXTURELESS_LOFTR, TEXTURELESS_SIFT  # cv2: where frames are matched
+    return (TexturelessPath(TEXTURELESS_LOFTR, detector_free=True),
+            TexturelessPath(TEXTURELESS_SIFT, extractor="sift", matcher="nn"))
+
+
+def textureless_path(mode: MatcherMode, params: Mapping[str, Any]) -> TexturelessPath | None:
+    """The textureless path `mode` uses with these parameters; None when it does not switch."""
+    if not mode.switches:
+        return None
+    return next(path for path in textureless_paths() if path.available(params))
+
+
+# --- which combinations work ---------------------------------------------------------------
 def _refusal(family: ExtractorFamily, matcher: str) -> str | None:
     """Why `matcher` cannot work with `family` (the rule, no advice), or None.
 
-    'nn' compares descriptors of any size. 'lightglue' needs the family's LightGlue weights to
-    take the extractor's descriptor size; 'auto' matches textured frames with that LightGlue
-    and 'loftr' loads it too (the stereo node matches left-right pairs with it), so they
-    need the same. 'superglue' exists for SuperPoint only.
+    Each value is judged by the keypoint matcher it loads: 'nn' compares descriptors of any
+    size; 'lightglue', 'auto' (textured frames) and 'loftr' (the stereo node's left-right
+    pairs) load the family's LightGlue, whose weights must take the extractor's descriptor
+    size; 'superglue' exists for SuperPoint only.
     """
-    if matcher == "superglue":
-        if family.name == "superpoint" and family.descriptor_dim == SUPERGLUE_INPUT_DIM:
-            return None
-        return (f"matcher 'superglue' needs extractor 'superpoint' (SuperGlue was trained on "
-                f"SuperPoint's 256-d descriptors; no official weights exist for {family.name})")
-    if matcher in ("lightglue", "auto", "loftr"):
-        wanted = lightglue_input_dim(family)
-        if family.descriptor_dim == wanted:
-            return None
-        role = {"lightglue": "",
-                "auto": ", which matcher 'auto' uses on textured frames",
-                "loftr": ", which matcher 'loftr' loads too (the stereo node matches left-right "
-                         "pairs with it)"}[matcher]
-        file_name = _file_name(lightglue_checkpoint(family))
-        return (f"extractor '{family.name}' gives {family.descriptor_dim}-d descriptors, but "
-                f"its family's official LightGlue weights ({file_name}) take {wanted}-d "
-                f"ones{role}; no LightGlue was trained for {family.name}")
-    if matcher == "nn":
-        return None
-    return f"unknown matcher '{matcher}'"
+    mode = MATCHER_MODES.get(matcher)
+    if mode is None:
+        return f"unknown matcher '{matcher}'"
+    return keypoint_matcher(family, mode).refusal(family, mode)
 
 
 def supported_matchers(extractor: str) -> tuple[str, ...]:
     """The `matcher` values that work with `extractor`, in params.MATCHERS order."""
-    from ..params import MATCHERS
-    return tuple(m for m in MATCHERS if _refusal(EXTRACTOR_FAMILIES[extractor], m) is None)
+    return tuple(m for m in P.MATCHERS if _refusal(EXTRACTOR_FAMILIES[extractor], m) is None)
 
 
 def combination_problem(extractor: str, matcher: str) -> str | None:
     """Why `extractor` cannot run with `matcher`, with what would work instead; None when it
-    can. The one place that decides (Pipeline and params.validate both ask it)."""
+    can. The one place that decides (see check_combination)."""
     if extractor not in EXTRACTOR_FAMILIES:
         return f"unknown extractor '{extractor}'"
     reason = _refusal(EXTRACTOR_FAMILIES[extractor], matcher)
@@ -167,11 +277,6 @@ def combination_problem(extractor: str, matcher: str) -> str | None:
     return f"{reason}. {advice[0].upper()}{advice[1:]}"
 
 
-def _file_name(checkpoint_key: str) -> str:
-    from .weights import CHECKPOINTS
-    return CHECKPOINTS[checkpoint_key].file_name
-
-
 def _quoted(names: tuple[str, ...] | list[str]) -> str:
     quoted = [f"'{n}'" for n in names]
     return " or ".join(quoted) if len(quoted) <= 2 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
@@ -179,7 +284,25 @@ def _quoted(names: tuple[str, ...] | list[str]) -> str:
 
 def check_combination(extractor: str, matcher: str) -> None:
     """Refuse combinations that cannot work (see combination_problem), with the reason."""
-    from ..params import ParameterError
     problem = combination_problem(extractor, matcher)
     if problem is not None:
-        raise ParameterError(problem)
+        raise P.ParameterError(problem)
+
+
+def check_combined(values: Mapping[str, Any]) -> None:
+    """params.check_combined, and the extractor/matcher combination when `values` hold both:
+    refused at start-up and on a run-time change, not on the first frame (a pair that
+    cannot work fails every frame). For the node's set-parameters callback and the launch
+    files."""
+    P.check_combined(values)
+    if "extractor" in values and "matcher" in values:
+        check_combination(values["extractor"], values["matcher"])
+
+
+def validate(values: Mapping[str, Any], scope: str | None = None) -> dict[str, Any]:
+    """params.validate plus the extractor/matcher combination: what the parameters of a
+    pipeline must pass (the command-line tools check them before loading anything)."""
+    merged = P.validate(values, scope)
+    if "extractor" in merged and "matcher" in merged:
+        check_combination(merged["extractor"], merged["matcher"])
+    return merged

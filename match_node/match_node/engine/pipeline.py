@@ -1,4 +1,6 @@
 """The matching pipeline: preprocess, extract once per frame, match, track. No ROS imports.
+(Over 400 lines: one class holds the keypoint, LoFTR and textureless stages that stream,
+stereo, the nodes and the tools share.)
 
     from match_node import Pipeline
     pipeline = Pipeline(max_keypoints=1024)            # same names as config/*.yaml
@@ -7,6 +9,9 @@
 
 `stream.SequentialMatcher` turns the pipeline into a stream: each frame is extracted once,
 matched to the previous frame, and its matches carry persistent track ids.
+
+What each `extractor` and `matcher` value means (models, weights, parameters, how a matcher
+runs) comes from the registry in families.py: nothing here depends on a model's name.
 """
 from __future__ import annotations
 
@@ -14,45 +19,46 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
 
 from . import families
 from .. import params as P
-from . import weights
 from .budget import FrameSettings, LatencyBudget, calibrate_extraction, calibrate_layers
 from .image import Prepared, prepare
 from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
-from ..models.lightglue import LayerHook, LightGlue, MatchOutput
-from ..models.loftr import LoFTR
-from ..models.nearest import NearestNeighbor
+from ..models.lightglue import LayerHook, MatchOutput
 from .refine import refine_matches, to_gray
 from .texture import (TEXTURELESS_LOFTR, TEXTURELESS_SIFT, MatcherSwitch, Texture,
                       contrast_normalise, epipolar_inliers, measure_texture)
 from .results import Features, LoftrFeatures, MatchResult
 
+if TYPE_CHECKING:
+    from ..models.loftr import LoFTR
+
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> tuple[torch.device, str | None]:
+def resolve_device(device_name: str) -> tuple[torch.device, str | None]:
     """The torch device for a `device` parameter, and a warning when falling back to CPU."""
-    if name == "auto":
+    if device_name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu"), None
-    device = torch.device(name)
+    device = torch.device(device_name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            return torch.device("cpu"), f"device '{name}' requested but CUDA is not available; running on the CPU"
+            return torch.device("cpu"), f"device '{device_name}' requested but CUDA is not available; running on the CPU"
         if device.index is not None and device.index >= torch.cuda.device_count():
-            return torch.device("cpu"), (f"device '{name}' requested but only "
+            return torch.device("cpu"), (f"device '{device_name}' requested but only "
                                          f"{torch.cuda.device_count()} CUDA device(s) exist; running on the CPU")
     return device, None
 
 
 
 class Pipeline:
-    """Extractor + matcher built from the shared parameter table (see params.py)."""
+    """Extractor + matcher built from the shared parameter table (see params.py); what each
+    extractor and matcher value means comes from the registry (families.py)."""
 
     def __init__(self, params: Mapping[str, Any] | None = None, **overrides: Any) -> None:
         self.params = P.validate({**(params or {}), **overrides}, scope="pipeline")
@@ -68,55 +74,37 @@ class Pipeline:
         self.matcher_name = self.params["matcher"]
         families.check_combination(self.extractor_name, self.matcher_name)
         self.family = families.EXTRACTOR_FAMILIES[self.extractor_name]
-        if self.family.licence:
-            log.warning("%s: %s", self.extractor_name, self.family.licence)
-        self.extractor = self.family.build()
-        self.extractor_weights = None
-        if self.family.checkpoint is not None:
-            self.extractor_weights = weights.load_checkpoint(
-                self.extractor, weights.CHECKPOINTS[self.family.checkpoint],
-                self.params["extractor_weights"], self.params["allow_download"],
-                rename=self.family.rename())
+        self.mode = families.MATCHER_MODES[self.matcher_name]
         # The keypoint matcher (also kept in 'loftr' mode: texture and stereo use features).
-        self.detector_matcher = families.detector_matcher_name(self.family, self.matcher_name)
-        self.matcher, self.matcher_weights = self._build_matcher()
+        self.keypoint_matcher = families.keypoint_matcher(self.family, self.mode)
+        self.detector_matcher = self.keypoint_matcher.name
+        for licence in dict.fromkeys((self.family.licence, self.keypoint_matcher.licence)):
+            if licence:
+                log.warning("%s: %s", self.extractor_name, licence)
+        self.extractor, self.extractor_weights = self.family.load(self.params)
+        self.matcher, self.matcher_weights = self.keypoint_matcher.load(self.family, self.params)
         self.extractor.eval().to(self.device)
         self.matcher.eval().to(self.device)
-        self.loftr: LoFTR | None = None
-        self.loftr_weights = None
         # matcher 'auto': what matches textureless frames (see texture.py), and why; the
         # node logs `textureless_note` once at start-up.
-        self.textureless_path: str | None = None
-        self.textureless_note: str | None = None
+        self.textureless = families.textureless_path(self.mode, self.params)
+        self.textureless_path: str | None = self.textureless.name if self.textureless else None
+        self.loftr: LoFTR | None = None
+        self.loftr_weights = None
         self.sift: torch.nn.Module | None = None
-        self.sift_matcher: NearestNeighbor | None = None
-        if self.matcher_name == "loftr" or (self.matcher_name == "auto"
-                                            and self._loftr_file_available()):
+        self.sift_matcher: torch.nn.Module | None = None
+        if self.mode.detector_free or (self.textureless and self.textureless.detector_free):
             # Both models stay loaded in auto mode, so a switch costs no load time.
-            self.loftr = LoFTR(model_name=self.params["loftr_model"])
-            self.loftr_weights = weights.load_checkpoint(
-                self.loftr, weights.CHECKPOINTS[self.params["loftr_model"]],
-                self.params["loftr_weights"], self.params["allow_download"],
-                rename=LoFTR.rename_official_keys)
+            self.loftr, self.loftr_weights = families.LOFTR.load(self.params)
             self.loftr.eval().to(self.device)
-            if self.matcher_name == "auto":
-                self.textureless_path = TEXTURELESS_LOFTR
-                self.textureless_note = (
-                    f"matcher auto: textureless frames are matched by LoFTR "
-                    f"({self.params['loftr_model']}, {self.loftr_weights})")
-        elif self.matcher_name == "auto":
-            # No LoFTR file: SIFT on contrast-normalised images + nearest neighbours, the
-            # best path measured with the files this project loads offline
-            # (bench/lowtexture.py). It needs no weights, so it is always there.
-            self.textureless_path = TEXTURELESS_SIFT
-            self.sift = families.EXTRACTOR_FAMILIES["sift"].build().eval()
-            self.sift_matcher = NearestNeighbor(ratio=self.params["nn_ratio"]).eval()
-            checkpoint = weights.CHECKPOINTS[self.params["loftr_model"]]
-            self.textureless_note = (
-                f"matcher auto: textureless frames are matched by SIFT on contrast-normalised "
-                f"images + nearest neighbours ({TEXTURELESS_SIFT}), because no LoFTR file is "
-                f"available (loftr_weights is empty and {checkpoint.file_name} is not in "
-                f"{weights.hub_checkpoint_dir()}); give loftr_weights to use LoFTR instead")
+        elif self.textureless is not None:
+            # Keypoints on contrast-normalised images; no weights, so it is always there.
+            sift = self.textureless.extractor_family()
+            self.sift = sift.build().eval()
+            self.sift_matcher = self.textureless.keypoint_matcher().build(sift,
+                                                                          self.params).eval()
+        self.textureless_note = (self.textureless.note(self.params, self.loftr_weights)
+                                 if self.textureless else None)
         if self.textureless_note:
             log.info(self.textureless_note)
         self.budget = LatencyBudget(clock=self._clock)
@@ -127,49 +115,15 @@ class Pipeline:
         self._match_ratio = 0.2
         self._apply_runtime_params()
 
-    def _loftr_file_available(self) -> bool:
-        """matcher 'auto': whether a LoFTR file is given or found (then LoFTR serves textureless
-        frames; a given file that is missing or wrong stops the pipeline as for any weights)."""
-        if self.params["loftr_weights"]:
-            return True
-        try:
-            weights.resolve(weights.CHECKPOINTS[self.params["loftr_model"]], "",
-                            allow_download=False)
-        except weights.WeightsNotFoundError:
-            return False
-        return True
-
-    def _build_matcher(self) -> tuple[torch.nn.Module, Path | None]:
-        p = self.params
-        if self.matcher_name == "nn":
-            return NearestNeighbor(ratio=p["nn_ratio"]), None
-        if self.matcher_name == "superglue":
-            from ..models.superglue import SuperGlue
-            matcher = SuperGlue(weights=p["superglue_model"])
-            path = weights.load_checkpoint(
-                matcher, weights.CHECKPOINTS[f"superglue-{p['superglue_model']}"],
-                p["matcher_weights"], p["allow_download"],
-                rename=getattr(SuperGlue, "rename_official_keys", None))
-            return matcher, path
-        matcher = LightGlue(features=self.family.lightglue)
-        path = weights.load_checkpoint(
-            matcher, weights.CHECKPOINTS[families.lightglue_checkpoint(self.family)],
-            p["matcher_weights"], p["allow_download"],
-            rename=families.lightglue_rename(self.family))
-        return matcher, path
-
     @property
     def num_layers(self) -> int:
         """Layers of the keypoint matcher (0 for nearest neighbours)."""
-        if isinstance(self.matcher, LightGlue):
-            return int(self.matcher.conf["n_layers"])
-        return int(getattr(self.matcher, "num_layers", 0))
+        return self.keypoint_matcher.num_layers(self.matcher)
 
     @property
     def detection_threshold(self) -> float:
         """The extractor's detection threshold in effect (its own default unless set)."""
-        value = self.params["detection_threshold"]
-        return self.family.own_threshold if value < 0 else value
+        return self.family.threshold(self.params["detection_threshold"])
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "Pipeline":
@@ -192,36 +146,20 @@ class Pipeline:
 
     def _apply_runtime_params(self) -> None:
         p = self.params
-        nms_radius = self.family.own_nms_radius if p["nms_radius"] < 0 else p["nms_radius"]
-        _update_known(self.extractor.conf, max_num_keypoints=p["max_keypoints"],
-                      detection_threshold=self.detection_threshold, nms_radius=nms_radius)
-        if isinstance(self.matcher, LightGlue):
-            # XFeat's LighterGlue runs without early exit by default (its official setting);
-            # the depth/width parameters apply when set away from the LightGlue defaults.
-            own = families.FEATURES[self.family.lightglue]
-            depth, width = p["depth_confidence"], p["width_confidence"]
-            if P.SPECS["depth_confidence"].default == depth:
-                depth = own.get("depth_confidence", depth)
-            if P.SPECS["width_confidence"].default == width:
-                width = own.get("width_confidence", width)
-            self.matcher.conf.update(depth_confidence=depth, width_confidence=width,
-                                     filter_threshold=p["filter_threshold"])
-        elif self.matcher_name == "superglue":
-            self.matcher.conf.update(sinkhorn_iterations=p["sinkhorn_iterations"],
-                                     match_threshold=p["superglue_threshold"])
-        else:
-            self.matcher.conf.update(ratio=p["nn_ratio"])
+        self.family.apply(self.extractor, p)
+        self.keypoint_matcher.apply(self.matcher, self.family, p)
         if self.loftr is not None:
-            self.loftr.conf["match_threshold"] = p["loftr_threshold"]
+            families.LOFTR.apply(self.loftr, p)
         if self.sift_matcher is not None:
-            self.sift_matcher.conf.update(ratio=p["nn_ratio"])
+            self.textureless.keypoint_matcher().apply(
+                self.sift_matcher, self.textureless.extractor_family(), p)
         self.budget.detection_threshold = self.detection_threshold
         self.budget.configure(p["latency_budget_ms"], p["budget_percentile"],
                               p["min_keypoints"], p["max_keypoints"], p["min_image_side"],
                               p["max_image_side"], p["budget_target_layers"])
         if self.budget.enabled and not self._calibrated:
             self.calibrate()
-        if self.budget.enabled and not isinstance(self.matcher, LightGlue):
+        if self.budget.enabled and not self.keypoint_matcher.budget_cuts:
             log.warning("latency_budget_ms is enforced through LightGlue's layers; with "
                         "matcher '%s' the budget is reported and timed but frames are not "
                         "cut short", self.matcher_name)
@@ -231,7 +169,7 @@ class Pipeline:
         of a few sizes, and the extractor on a synthetic image at two sizes (about three
         seconds on a 2-core CPU, once). Frames refine the models online."""
         generator = torch.Generator(device="cpu").manual_seed(0)
-        if isinstance(self.matcher, LightGlue):
+        if self.keypoint_matcher.budget_cuts:
             self._calibrate_layers(generator)
 
         def extract(w: int, h: int) -> tuple[float, int]:
@@ -247,19 +185,14 @@ class Pipeline:
         self._calibrated = True
 
     def _calibrate_layers(self, generator: torch.Generator) -> None:
-        """One LightGlue layer on random points of a few sizes: the budget's layer costs."""
-        layer = self.matcher.transformers[0]
-        dim = self.matcher.conf["descriptor_dim"]
+        """One matcher layer on random points of a few sizes: the budget's layer costs."""
 
         @torch.no_grad()
         def run(n: int) -> float:
-            desc = torch.randn(2, 1, n, dim, generator=generator).to(self.device)
-            inputs = self.matcher.posenc.Wr.in_features  # 4 with SIFT's scale/orientation
-            pos = torch.rand(1, n, inputs, generator=generator).to(self.device) * 2 - 1
-            encoding = self.matcher.posenc(pos)
+            layer = self.keypoint_matcher.layer_probe(self.matcher, n, generator, self.device)
             start = self._clock()
             with self._autocast():
-                layer(desc[0], desc[1], encoding, encoding)
+                layer()
             return self._clock() - start
 
         calibrate_layers(self.budget.cost, run)
@@ -293,7 +226,8 @@ class Pipeline:
         start = self._clock()
         prepared: Prepared = prepare(image, self.device, side)
         after_preprocess = self._clock()
-        _update_known(self.extractor.conf, max_num_keypoints=cap, detection_threshold=threshold)
+        families.update_known(self.extractor.conf, max_num_keypoints=cap,
+                              detection_threshold=threshold)
         with self._autocast():
             out = self.extractor(prepared.tensor)
         return self._features(out, prepared, cap, start, after_preprocess)
@@ -347,23 +281,13 @@ class Pipeline:
 
     def _run_matcher(self, features0: Features, features1: Features,
                      hook: LayerHook | None) -> MatchOutput:
-        if self.matcher_name == "nn":
-            return self.matcher(features0.descriptors, features1.descriptors)
-        size0 = torch.tensor([features0.image_size], device=self.device)
-        size1 = torch.tensor([features1.image_size], device=self.device)
-        if self.matcher_name == "superglue":
-            return self.matcher(features0.keypoints[None], features1.keypoints[None],
-                                features0.descriptors[None], features1.descriptors[None],
-                                size0, size1, features0.scores[None], features1.scores[None])
-        scale_ori0 = features0.scale_ori[None] if features0.scale_ori is not None else None
-        scale_ori1 = features1.scale_ori[None] if features1.scale_ori is not None else None
+        guarded = self.keypoint_matcher.exit_guard
         fewest = min(len(features0), len(features1))
-        min_exit_matches = int(np.ceil(self.params["exit_guard"] * self._match_ratio * fewest))
-        out = self.matcher(features0.keypoints[None], features1.keypoints[None],
-                           features0.descriptors[None], features1.descriptors[None],
-                           size0, size1, hook=hook, scale_ori0=scale_ori0,
-                           scale_ori1=scale_ori1, min_exit_matches=min_exit_matches)
-        if fewest and out.exit_reason in (EXIT_FULL_DEPTH, EXIT_CONFIDENCE):
+        min_exit_matches = (int(np.ceil(self.params["exit_guard"] * self._match_ratio * fewest))
+                            if guarded else 0)
+        out = self.keypoint_matcher.run(self.matcher, features0, features1, hook,
+                                        min_exit_matches)
+        if guarded and fewest and out.exit_reason in (EXIT_FULL_DEPTH, EXIT_CONFIDENCE):
             # Matches per keypoint of recent pairs: what the guard expects of the next one.
             self._match_ratio = 0.9 * self._match_ratio + 0.1 * len(out.matches) / fewest
         return out
@@ -412,7 +336,7 @@ class Pipeline:
             timings={"preprocess_ms": features1.preprocess_ms,
                      "extract_ms": features1.extract_ms, "match_ms": match_ms, "refine_ms": 0.0,
                      "total_ms": features1.preprocess_ms + features1.extract_ms + match_ms},
-            extractor=self.params["loftr_model"], matcher="loftr",
+            extractor=self.params["loftr_model"], matcher=families.LOFTR.name,
             latency_budget_ms=self.budget.budget_ms, keypoint_cap=0,
             extraction_scale=features1.scale[0])
 
@@ -429,7 +353,7 @@ class Pipeline:
         gray = contrast_normalise(to_gray(image))
         prepared = prepare(gray, self.device, self.params["max_image_side"])
         after_preprocess = self._clock()
-        _update_known(self.sift.conf, max_num_keypoints=cap)
+        families.update_known(self.sift.conf, max_num_keypoints=cap)
         out = self.sift(prepared.tensor)
         # Scale and orientation are kept too: nothing on this path reads them.
         return self._features(out, prepared, cap, start, after_preprocess)
@@ -457,7 +381,8 @@ class Pipeline:
             timings={"preprocess_ms": features1.preprocess_ms,
                      "extract_ms": features1.extract_ms, "match_ms": match_ms, "refine_ms": 0.0,
                      "total_ms": features1.preprocess_ms + features1.extract_ms + match_ms},
-            extractor=TEXTURELESS_SIFT.split("+")[0], matcher="nn",
+            extractor=TEXTURELESS_SIFT.split("+")[0],
+            matcher=self.textureless.keypoint_matcher().name,
             latency_budget_ms=self.budget.budget_ms, keypoint_cap=features1.keypoint_cap,
             extraction_scale=features1.working_size[0] / max(features1.image_size[0], 1))
 
@@ -520,17 +445,17 @@ class Pipeline:
         or when the keypoint matcher leaves it fewer than `texture_min_matches` matches.
         """
         result = None
-        if self.matcher_name != "loftr":
+        if not self.mode.detector_free:
             features0, features1 = self.extract(image0), self.extract(image1)
             low = self.matcher_switch().low
-            if not (self.matcher_name == "auto"
+            if not (self.mode.switches
                     and any(self.texture(f).is_low(*low) for f in (features0, features1))):
                 result = _count_reference(self.match_features(features0, features1), features0)
                 if self.refining:
                     self.refine_result(result, to_gray(image0), to_gray(image1))
                 if not self.rescues(result):
                     return result
-        if self.textureless_path == TEXTURELESS_SIFT:
+        if self.sift is not None:  # the keypoint textureless path (no LoFTR file)
             sift0, sift1 = self.extract_textureless(image0), self.extract_textureless(image1)
             other = _count_reference(self.match_textureless(sift0, sift1), sift0)
             if self.refining:
@@ -539,11 +464,6 @@ class Pipeline:
             loftr0, loftr1 = self.extract_loftr(image0), self.extract_loftr(image1)
             other = _count_reference(self.match_loftr(loftr0, loftr1), loftr0)
         return other if result is None or len(other) > len(result) else result
-
-
-def _update_known(conf: dict[str, Any], **values: Any) -> None:
-    """Set the options a model has (not every extractor has an NMS radius or threshold)."""
-    conf.update({k: v for k, v in values.items() if k in conf})
 
 
 def _count_reference(result: MatchResult, reference: Features | LoftrFeatures) -> MatchResult:

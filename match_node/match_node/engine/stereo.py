@@ -17,10 +17,10 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from .image import ImageError
 from .pipeline import Pipeline
 from .results import MatchResult, StreamEvent
 from .stream import SequentialMatcher
-from .refine import to_gray
 
 T = TypeVar("T")
 
@@ -136,41 +136,23 @@ class StereoMatcher:
 
     def push(self, left: np.ndarray, right: np.ndarray, stamp_ns: int,
              started_ms: float | None = None) -> StereoEvent:
-        """Process one pair (raises ImageError for unusable images)."""
+        """Process one pair. Raises ImageError for unusable images, a left and a right image
+        of different sizes included (the pair is then not pushed into the stream)."""
         if left.shape != right.shape:
-            return StereoEvent(None, StreamEvent(None, None, self.stream.frame_index + 1,
-                                                 dropped=True),
-                               note=f"left {left.shape[1]}x{left.shape[0]} and right "
-                                    f"{right.shape[1]}x{right.shape[0]} differ in size; dropped")
-        budget = self.pipeline.budget
-        start = budget.clock() if started_ms is None else started_ms
+            raise ImageError(f"left {left.shape[1]}x{left.shape[0]} and right "
+                             f"{right.shape[1]}x{right.shape[0]} differ in size; dropped")
+        clock = self.pipeline.budget.clock
+        start = clock() if started_ms is None else started_ms
         if not self.temporal:
             self.stream.reset()  # every pair stands alone: no temporal matching
         temporal = self.stream.push(left, stamp_ns, started_ms=start)
         if temporal.dropped:
             return StereoEvent(None, temporal, temporal.note)
-        frame = self.stream.previous
-        size = (left.shape[1], left.shape[0])  # both sides checked equal above
-        left_features = frame.features or self.pipeline.extract(left, budget.settings(size))
-        right_features = self.pipeline.extract(right, budget.settings(size))
-        stereo = self.pipeline.match_features(left_features, right_features,
-                                              hook=budget.deadline(start))
-        if frame.positions is not None:  # left keypoints as the temporal message reports them
-            stereo.keypoints0 = frame.positions[stereo.indices0].astype(np.float32)
-        if self.pipeline.refining and len(stereo) and self.pipeline.refine_fits(len(stereo), start):
-            left_gray = frame.gray if frame.gray is not None else to_gray(left)
-            self.pipeline.refine_result(stereo, left_gray, to_gray(right))
+        stereo = self.stream.match_view(right, start)
         # Right keypoints are extracted once per pair, their time is this pair's.
-        stereo.timings["total_ms"] = budget.clock() - start
+        stereo.timings["total_ms"] = clock() - start
         if self.epipolar_tolerance_px > 0:
             filter_result(stereo, epipolar_mask(stereo.keypoints0, stereo.keypoints1,
                                                 self.epipolar_tolerance_px))
-        tracker = self.stream.tracker
-        keypoint_space = self.pipeline.detector_matcher
-        if tracker.space is None:  # first frame after a (re)start: tracks begin here
-            tracker.start(len(left_features), space=keypoint_space)
-        if tracker.space == keypoint_space:
-            stereo.track_ids = tracker.claim(stereo.indices0)
-        else:  # LoFTR drives the temporal tracks: its points are other points
-            stereo.track_ids = tracker.fresh(len(stereo))
+        self.stream.track_view(stereo)  # after the filter: only kept matches claim ids
         return StereoEvent(stereo, temporal)

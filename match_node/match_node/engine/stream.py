@@ -72,7 +72,7 @@ class SequentialMatcher:
         self.previous_stamp: int | None = None
         self.frame_index = -1
         self.tracks_reset_pending = True
-        self.refine_skipped = 0  # frames whose refinement the latency budget skipped
+        self.refine_skipped = 0  # pairs whose refinement the latency budget skipped
         self._record: FrameRecord | None = None
         self._record_size: tuple[int, int] = (0, 0)
 
@@ -80,10 +80,10 @@ class SequentialMatcher:
     def current_matcher(self) -> str:
         """The matcher the stream is on (the keypoint matcher's name, 'loftr' or
         'sift-clahe+nn')."""
-        mode = self.pipeline.matcher_name
-        if mode == "auto":
+        mode = self.pipeline.mode
+        if mode.switches:
             return self.switch.current
-        return "loftr" if mode == "loftr" else self.pipeline.detector_matcher
+        return mode.name if mode.detector_free else self.pipeline.detector_matcher
 
     @property
     def max_stamp_jump_s(self) -> float:
@@ -214,17 +214,11 @@ class SequentialMatcher:
                 sift: bool = False) -> None:
         """Sub-pixel refinement of the pair's current keypoints, when it fits the budget
         (`sift`: of the SIFT textureless path's keypoints)."""
-        reference = previous.sift_positions if sift else previous.positions
-        if reference is not None:
-            result.keypoints0 = reference[result.indices0].astype(np.float32)
         if frame.gray is None:  # refinement was switched on at run time
             frame.gray = to_gray(frame.image)
-        if not len(result) or previous.gray is None:
+        reference = previous.sift_positions if sift else previous.positions
+        if not self._refine_pair(result, reference, previous.gray, frame.gray, start):
             return
-        if not self.pipeline.refine_fits(len(result), start):
-            self.refine_skipped += 1
-            return
-        self.pipeline.refine_result(result, previous.gray, frame.gray)
         features = frame.sift if sift else frame.features
         positions = features.keypoints.cpu().numpy().astype(np.float32)
         refined = result.refined.astype(bool)
@@ -234,12 +228,63 @@ class SequentialMatcher:
         else:
             frame.positions = positions
 
+    def _refine_pair(self, result: MatchResult, positions0: np.ndarray | None,
+                     gray0: np.ndarray | None, gray1: np.ndarray, start: float) -> bool:
+        """The refinement step of every pair: image 0's keypoints where refinement moved them
+        when it was the current image (`positions0`, per keypoint), then image 1's keypoints
+        refined against the gray images when it fits the budget; True if they were."""
+        if positions0 is not None:
+            result.keypoints0 = positions0[result.indices0].astype(np.float32)
+        if not len(result) or gray0 is None:
+            return False
+        if not self.pipeline.refine_fits(len(result), start):
+            self.refine_skipped += 1
+            return False
+        self.pipeline.refine_result(result, gray0, gray1)
+        return True
+
+    # --- another view of the current frame (stereo) -----------------------------------------
+    def match_view(self, image: np.ndarray, started_ms: float) -> MatchResult:
+        """Match the current frame (the last one pushed, image 0) to another image of the same
+        moment (image 1: e.g. the right camera of a stereo pair) with the keypoint matcher.
+
+        `image` must have the current frame's size. It is extracted once, with the budget's
+        settings; the current frame's features are reused (extracted here when LoFTR drove the
+        stream), its keypoints reported where refinement moved them, and image 1's keypoints
+        refined when refinement is on and fits the budget of a frame started at `started_ms`.
+        Track ids are left to `track_view`, after any filtering.
+        """
+        frame = self.previous
+        if frame is None:
+            raise RuntimeError("match_view needs a current frame: push one first")
+        pipeline, budget = self.pipeline, self.pipeline.budget
+        features0 = frame.features or pipeline.extract(frame.image,
+                                                       budget.settings(frame.image_size))
+        features1 = pipeline.extract(image, budget.settings(frame.image_size))
+        result = pipeline.match_features(features0, features1, hook=budget.deadline(started_ms))
+        if pipeline.refining:
+            gray0 = frame.gray if frame.gray is not None else to_gray(frame.image)
+            self._refine_pair(result, frame.positions, gray0, to_gray(image), started_ms)
+        return result
+
+    def track_view(self, result: MatchResult) -> None:
+        """Give a `match_view` result the track ids of its current-frame keypoints: a tracked
+        keypoint's own id, else a fresh one that the next frame's matches inherit. Where LoFTR
+        drives the tracks (its points are other points) the matches get ids of no track."""
+        space = self.pipeline.detector_matcher
+        if self.tracker.space is None:  # first frame after a (re)start: tracks begin here
+            self.tracker.start(result.num_keypoints0, space=space)
+        if self.tracker.space == space:
+            result.track_ids = self.tracker.claim(result.indices0)
+        else:
+            result.track_ids = self.tracker.fresh(len(result))
+
     def _frame(self, image: np.ndarray, start: float) -> Frame:
         """Extract what every frame needs and choose its matcher."""
-        mode = self.pipeline.matcher_name
-        if mode == "loftr":  # no keypoints needed: LoFTR's backbone runs when matching
+        mode = self.pipeline.mode
+        if mode.detector_free:  # no keypoints needed: LoFTR's backbone runs when matching
             self._record = None
-            return Frame(image, (image.shape[1], image.shape[0]), "loftr")
+            return Frame(image, (image.shape[1], image.shape[0]), mode.name)
         budget = self.pipeline.budget
         features = self.pipeline.extract(image, budget.settings((image.shape[1], image.shape[0])))
         w, h = features.working_size
@@ -247,7 +292,7 @@ class SequentialMatcher:
             features.preprocess_ms, features.extract_ms, 0.0, budget.clock() - start, w * h,
             len(features), features.keypoint_cap, max(w, h))
         self._record_size = features.image_size
-        matcher = (self.switch.update(self.pipeline.texture(features)) if mode == "auto"
+        matcher = (self.switch.update(self.pipeline.texture(features)) if mode.switches
                    else self.pipeline.detector_matcher)
         gray = to_gray(image) if self.pipeline.refining else None
         return Frame(image, features.image_size, matcher, features, gray=gray)

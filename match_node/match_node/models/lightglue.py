@@ -1,4 +1,5 @@
 """LightGlue (Lindenberger et al., ICCV 2023), loading the official checkpoints.
+(One file per model, as the official code: 401 lines.)
 
 A stack of transformer layers, each a self-attention block with rotary encoding of the
 normalised keypoint positions and a bidirectional cross-attention block. After each layer a
@@ -25,16 +26,15 @@ from torch import nn
 from ..messages import EXIT_BUDGET, EXIT_CONFIDENCE, EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS
 
 # The official feature configurations: descriptor dimension, positional inputs and, for
-# XFeat's LighterGlue, a smaller transformer (96-d, 1 head, 6 layers, no early exit by default).
+# XFeat's LighterGlue, a smaller transformer (96-d, 1 head, 6 layers) with its own defaults
+# (no early exit, pruning at 0.95). Which file each one loads: engine/families.py.
 FEATURES: dict[str, dict[str, Any]] = {
-    "aliked": {"input_dim": 128, "add_scale_ori": False, "checkpoint": "lightglue-aliked"},
-    "disk": {"input_dim": 128, "add_scale_ori": False, "checkpoint": "lightglue-disk"},
-    "superpoint": {"input_dim": 256, "add_scale_ori": False,
-                   "checkpoint": "lightglue-superpoint"},
-    "sift": {"input_dim": 128, "add_scale_ori": True, "checkpoint": "lightglue-sift"},
-    "xfeat": {"input_dim": 64, "add_scale_ori": False, "checkpoint": "xfeat-lighterglue",
-              "descriptor_dim": 96, "num_heads": 1, "n_layers": 6, "depth_confidence": -1,
-              "width_confidence": 0.95},
+    "aliked": {"input_dim": 128, "add_scale_ori": False},
+    "disk": {"input_dim": 128, "add_scale_ori": False},
+    "superpoint": {"input_dim": 256, "add_scale_ori": False},
+    "sift": {"input_dim": 128, "add_scale_ori": True},
+    "xfeat": {"input_dim": 64, "add_scale_ori": False, "descriptor_dim": 96, "num_heads": 1,
+              "n_layers": 6, "depth_confidence": -1, "width_confidence": 0.95},
 }
 
 
@@ -241,13 +241,9 @@ class LightGlue(nn.Module):
         if unknown:
             raise ValueError(f"unknown LightGlue options: {sorted(unknown)}")
         features = conf.get("features", self.default_conf["features"])
-        if features not in FEATURES:
-            raise ValueError(f"LightGlue has no {features!r} configuration; "
-                             f"choose from {sorted(FEATURES)}")
-        spec = FEATURES[features]
         # The configuration's own architecture and defaults, then the caller's options.
-        own = {k: v for k, v in spec.items() if k in self.default_conf}
-        self.conf = {**self.default_conf, **own, **conf}
+        self.conf = {**self.configuration(features), **conf}
+        spec = FEATURES[features]
         dim, heads, n = self.conf["descriptor_dim"], self.conf["num_heads"], self.conf["n_layers"]
         self.input_dim = spec["input_dim"]
         self.add_scale_ori = spec["add_scale_ori"]
@@ -257,6 +253,16 @@ class LightGlue(nn.Module):
         self.transformers = nn.ModuleList([TransformerLayer(dim, heads) for _ in range(n)])
         self.log_assignment = nn.ModuleList([MatchAssignment(dim) for _ in range(n)])
         self.token_confidence = nn.ModuleList([TokenConfidence(dim) for _ in range(n - 1)])
+
+    @classmethod
+    def configuration(cls, features: str) -> dict[str, Any]:
+        """The options a LightGlue of configuration `features` has unless told otherwise:
+        default_conf with the configuration's own architecture and settings."""
+        if features not in FEATURES:
+            raise ValueError(f"LightGlue has no {features!r} configuration; "
+                             f"choose from {sorted(FEATURES)}")
+        own = {k: v for k, v in FEATURES[features].items() if k in cls.default_conf}
+        return {**cls.default_conf, "features": features, **own}
 
     def confidence_threshold(self, layer: int) -> float:
         """Token-confidence threshold of layer `layer` (0-based): stricter for early layers."""

@@ -1,4 +1,6 @@
 """LoFTR (Sun et al., CVPR 2021), detector-free matching, loading the official checkpoints.
+(Over 400 lines: one readable file per model, as the official code, backbone, attention
+and both matching stages together.)
 
 The network: a ResNet-FPN backbone gives a 1/8-resolution coarse map (256-d) and a
 1/2-resolution fine map (128-d) of each image. The coarse maps get a sinusoidal positional

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .. import params as P
+from ..engine import families  # torch-free: models load when built
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -76,7 +77,7 @@ def parameter_overrides(arguments: Mapping[str, str | None],
         except P.ParameterError as error:
             raise LaunchArgumentError(f"launch argument '{argument}': {error}") from None
     try:
-        P.check_combined(out)
+        families.check_combined(out)
     except P.ParameterError as error:
         raise LaunchArgumentError(f"launch arguments: {error}") from None
     return out

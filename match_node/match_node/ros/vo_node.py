@@ -35,7 +35,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo
 
-from .. import vo
+from .. import vo, vo_metric
 # messages, not conversions: conversions brings the pipeline and torch, which a consumer
 # never needs (it would start in seconds instead of a fraction of one).
 from ..messages import msg_arrays, time_to_ns
@@ -73,14 +73,14 @@ def estimate_motion(temporal: Correspondences, info: CameraInfo,
     K, dist = camera_matrix(info)
     if stereo is not None and baseline:
         stereo_arrays = msg_arrays(stereo)
-        points = vo.stereo_points(stereo_arrays["reference_xy"], stereo_arrays["current_xy"],
-                                  K, baseline)
+        points = vo_metric.stereo_points(stereo_arrays["reference_xy"],
+                                         stereo_arrays["current_xy"], K, baseline)
         point_of = dict(zip(stereo_arrays["reference_index"].tolist(), points))
         no_point = np.full(3, np.nan)
         points_ref = np.array([point_of.get(int(i), no_point)
                                for i in arrays["reference_index"]]).reshape(-1, 3)
-        estimate, scale = vo.pose_from_points(points_ref, arrays["current_xy"], K, dist,
-                                              threshold_px)
+        estimate, scale = vo_metric.pose_from_points(points_ref, arrays["current_xy"], K,
+                                                     dist, threshold_px)
         if estimate.ok:
             return estimate, scale
     estimate = vo.relative_pose(arrays["reference_xy"], arrays["current_xy"], K, dist,
@@ -117,7 +117,7 @@ class VoExample(Node):
         super().__init__("vo_example", **kwargs)
         self.world_frame = self.declare_parameter("world_frame", "odom").value
         self.threshold_px = self.declare_parameter("ransac_threshold_px", 1.0).value
-        self.odometry = vo.Odometry()
+        self.odometry = vo_metric.Odometry()
         self.info: CameraInfo | None = None
         self.right_info: CameraInfo | None = None
         self.stereo: OrderedDict[int, Correspondences] = OrderedDict()  # by left stamp
