@@ -17,8 +17,10 @@ demo: setup
 test: setup
 	$(ENV) && cd match_node && python -m pytest -q --timeout 900 test
 
-# Latency-budget benchmark (minutes on a CPU): results, plots and per-frame data to bench/results.
+# CPU per-frame cost of every pipeline beside the official code and OpenCV (bench/results/cpu.md),
+# then the latency-budget benchmark (minutes on a CPU): results, plots and per-frame data to bench/results.
 bench: setup
+	$(ENV) && python -m bench.cpu
 	$(ENV) && python -m bench.budget --frames 40
 	$(ENV) && python -m bench.budget --frames 30 --set detection_threshold=0 --set max_keypoints=1024 --tag _top1024
 

@@ -113,6 +113,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Inference precision: 'auto' (fp16 autocast on CUDA, fp32 on CPU), 'fp32' or "
               "'fp16'. LayerNorm, softmax and the log-assignment always run in fp32.",
               choices=("auto", "fp32", "fp16")),
+    ParamSpec("backend", "torch",
+              "Where the extractor's dense encoder runs: 'torch', or 'openvino' (CPU only, "
+              "ALIKED extractors; compiled once per image size and cached on disk, outputs "
+              "equal to torch's; about 2x faster on a CPU, see bench/results/cpu.md).",
+              choices=("torch", "openvino")),
     # --- extractor --------------------------------------------------------------------------
     ParamSpec("extractor", "aliked-n16",
               "Keypoint extractor: ALIKED (aliked-n16, -n16rot, -n32, -t16), superpoint "
@@ -161,6 +166,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("filter_threshold", 0.1,
               "Minimum match confidence for a match to be reported.", min=0.0, max=1.0,
               read_only=False),
+    ParamSpec("epipolar_filter_px", 0.0,
+              "Keypoint matchers: keep only matches consistent with one fundamental matrix "
+              "(MAGSAC++, this threshold in px; any rigid scene passes); 0 = off. Worth it "
+              "for nearest-neighbour matching (config/cpu_realtime.yaml).",
+              min=0.0, max=50.0, read_only=False),
     ParamSpec("exit_guard", 0.5,
               "LightGlue exit guard: refuse a confidence-based early exit that would keep fewer "
               "than this share of the matches recent frames had per keypoint (the official "

@@ -59,6 +59,9 @@ class ExtractorFamily:
     # Length of the descriptors the official weights produce (test_families checks it by
     # running each extractor with its official file): what a matcher's weights must take.
     descriptor_dim: int = 0
+    # Backends its dense encoder can run on (engine/backends.py): only ALIKED's `encode`
+    # is converted, since that is where a CPU spends the frame.
+    backends: tuple[str, ...] = ("torch",)
 
     def model_class(self) -> type[nn.Module]:
         return model_attr(self.module, self.class_name)
@@ -111,7 +114,8 @@ EXTRACTOR_FAMILIES: dict[str, ExtractorFamily] = {
     # ALIKED's descriptor size is its last feature width: 128 (desc_head.sf_conv 128x128 in
     # aliked-n16, -n16rot and -n32.pth), 64 for the tiny model (64x64 in aliked-t16.pth).
     **{name: ExtractorFamily(name, "aliked", "ALIKED", {"model_name": name}, name, "aliked",
-                             descriptor_dim=64 if name == "aliked-t16" else 128)
+                             descriptor_dim=64 if name == "aliked-t16" else 128,
+                             backends=("torch", "openvino"))
        for name in ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")},
     "superpoint": ExtractorFamily("superpoint", "superpoint", "SuperPoint", {}, "superpoint",
                                   "superpoint", licence=_NON_COMMERCIAL, descriptor_dim=256),
@@ -289,6 +293,23 @@ def check_combination(extractor: str, matcher: str) -> None:
         raise P.ParameterError(problem)
 
 
+def backend_problem(values: Mapping[str, Any]) -> str | None:
+    """Why `backend` cannot serve the extractor or device in `values`, or None."""
+    backend = values.get("backend", "torch")
+    extractor = values.get("extractor")
+    if backend == "torch":
+        return None
+    device = str(values.get("device", "auto"))
+    if device.startswith("cuda"):
+        return (f"backend '{backend}' runs on the CPU, but device is '{device}': use backend "
+                "'torch' on a GPU (or device 'cpu')")
+    if extractor is not None and backend not in EXTRACTOR_FAMILIES[extractor].backends:
+        able = [name for name, f in EXTRACTOR_FAMILIES.items() if backend in f.backends]
+        return (f"backend '{backend}' is available for {', '.join(able)}, not for extractor "
+                f"'{extractor}' (use backend 'torch')")
+    return None
+
+
 def check_combined(values: Mapping[str, Any]) -> None:
     """params.check_combined, and the extractor/matcher combination when `values` hold both:
     refused at start-up and on a run-time change, not on the first frame (a pair that
@@ -297,6 +318,9 @@ def check_combined(values: Mapping[str, Any]) -> None:
     P.check_combined(values)
     if "extractor" in values and "matcher" in values:
         check_combination(values["extractor"], values["matcher"])
+    problem = backend_problem(values)
+    if problem is not None:
+        raise P.ParameterError(problem)
 
 
 def validate(values: Mapping[str, Any], scope: str | None = None) -> dict[str, Any]:
@@ -305,4 +329,7 @@ def validate(values: Mapping[str, Any], scope: str | None = None) -> dict[str, A
     merged = P.validate(values, scope)
     if "extractor" in merged and "matcher" in merged:
         check_combination(merged["extractor"], merged["matcher"])
+    problem = backend_problem(merged)
+    if problem is not None:
+        raise P.ParameterError(problem)
     return merged

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import torch
 
-from . import families
+from . import backends, families
 from .. import params as P
 from .budget import FrameSettings, LatencyBudget, calibrate_extraction, calibrate_layers
 from .image import Prepared, prepare
@@ -82,6 +82,13 @@ class Pipeline:
             if licence:
                 log.warning("%s: %s", self.extractor_name, licence)
         self.extractor, self.extractor_weights = self.family.load(self.params)
+        problem = families.backend_problem({**self.params, "device": str(self.device)})
+        if problem is not None:  # e.g. device 'auto' resolved to a GPU
+            raise P.ParameterError(problem)
+        dense = backends.dense_backend(self.params["backend"], self.extractor,
+                                       self.extractor_name, self.device)
+        if dense is not None:
+            self.extractor.dense_runner = dense
         self.matcher, self.matcher_weights = self.keypoint_matcher.load(self.family, self.params)
         self.extractor.eval().to(self.device)
         self.matcher.eval().to(self.device)
@@ -260,10 +267,15 @@ class Pipeline:
         scores = out.scores.float().cpu().numpy()
         if hook is not None and hasattr(hook, "finish"):
             hook.finish()
-        match_ms = self._clock() - start
         idx0, idx1 = matches[:, 0], matches[:, 1]
         kpts0 = features0.keypoints.cpu().numpy()[idx0]
         kpts1 = features1.keypoints.cpu().numpy()[idx1]
+        if self.params["epipolar_filter_px"] > 0:
+            # The geometric check a matcher without context (nearest neighbours) lacks; any
+            # rigid scene passes it, so for VO it only removes outliers.
+            keep = epipolar_inliers(kpts0, kpts1, self.params["epipolar_filter_px"])
+            idx0, idx1, scores, kpts0, kpts1 = (a[keep] for a in (idx0, idx1, scores, kpts0, kpts1))
+        match_ms = self._clock() - start
         return MatchResult(
             keypoints0=kpts0.astype(np.float32), keypoints1=kpts1.astype(np.float32),
             scores=scores.astype(np.float32), indices0=idx0, indices1=idx1,

@@ -233,6 +233,9 @@ class ALIKED(nn.Module):
             nn.Conv2d(4, 1, 3, padding=1, bias=False),
         )
         self.desc_head = SDDH(dim, k, n_pos)
+        # Where `dense` runs: None for this module in PyTorch, or a callable with the same
+        # input and outputs (e.g. a compiled inference-engine model; engine/backends.py).
+        self.dense_runner: Any = None
         radius = self.conf["nms_radius"]
         grid = torch.arange(-radius, radius + 1, dtype=torch.float32)
         gy, gx = torch.meshgrid(grid, grid, indexing="ij")
@@ -248,13 +251,17 @@ class ALIKED(nn.Module):
         pad_h, pad_w = (-h) % 32, (-w) % 32
         top, left = pad_h // 2, pad_w // 2
         x = F.pad(image, (left, pad_w - left, top, pad_h - top), mode="replicate")
-        x1 = self.block1(x)
+        return self.encode(x), (left, top)
+
+    def encode(self, padded: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder and aggregation branches of an image padded to a multiple of 32: the
+        dense part of the network, and most of its time on a CPU."""
+        x1 = self.block1(padded)
         x2 = self.block2(F.avg_pool2d(x1, 2))
         x3 = self.block3(F.avg_pool2d(x2, 4))
         x4 = self.block4(F.avg_pool2d(x3, 4))
-        branches = [F.selu(conv(t)) for conv, t in
-                    ((self.conv1, x1), (self.conv2, x2), (self.conv3, x3), (self.conv4, x4))]
-        return branches, (left, top)
+        return [F.selu(conv(t)) for conv, t in
+                ((self.conv1, x1), (self.conv2, x2), (self.conv3, x3), (self.conv4, x4))]
 
     def score_map(self, branches: list[torch.Tensor], image_size: tuple[int, int],
                   offset: tuple[int, int]) -> torch.Tensor:
@@ -288,9 +295,9 @@ class ALIKED(nn.Module):
         return features.contiguous(), self.score_map(branches, (w, h), (left, top))
 
     # --- detection --------------------------------------------------------------------------
-    def detect(self, scores: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Keypoints (pixels, Nx2 as x, y) and their scores per image from a score map."""
-        b, _, h, w = scores.shape
+    def peaks(self, scores: torch.Tensor) -> torch.Tensor:
+        """The score map with everything but local maxima (NMS) and the border zeroed."""
+        h, w = scores.shape[-2:]
         radius = self.conf["nms_radius"]
         peaks = simple_nms(scores, radius)
         # Keypoints need a full soft-argmax window inside the image.
@@ -298,6 +305,25 @@ class ALIKED(nn.Module):
         peaks[..., :, :radius] = 0
         peaks[..., h - radius:, :] = 0
         peaks[..., :, w - radius:] = 0
+        return peaks
+
+    def dense(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Everything dense, for an image of one size: the four branches (of the padded
+        image), the score map and its peaks. Most of the network's time on a CPU, and free of
+        data-dependent shapes, so an inference engine can compile it (engine/backends.py)."""
+        h, w = image.shape[-2:]
+        branches, offset = self.branches(image)
+        scores = self.score_map(branches, (w, h), offset)
+        return [*branches, scores, self.peaks(scores)]
+
+    def detect(self, scores: torch.Tensor,
+               peaks: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Keypoints (pixels, Nx2 as x, y) and their scores per image from a score map (and
+        its `peaks`, computed here when not given)."""
+        b, _, h, w = scores.shape
+        radius = self.conf["nms_radius"]
+        if peaks is None:
+            peaks = self.peaks(scores)
 
         threshold = self.conf["detection_threshold"]
         cap = self.conf["max_num_keypoints"]
@@ -348,9 +374,9 @@ class ALIKED(nn.Module):
         if image.shape[1] == 1:
             image = image.expand(-1, 3, -1, -1)
         h, w = image.shape[-2:]
-        branches, offset = self.branches(image)
-        scores = self.score_map(branches, (w, h), offset)
-        keypoints, keypoint_scores = self.detect(scores)
+        *branches, scores, peaks = (self.dense_runner or self.dense)(image)
+        offset = (((-w) % 32) // 2, ((-h) % 32) // 2)  # as branches() pads
+        keypoints, keypoint_scores = self.detect(scores, peaks)
         padded = (branches[0].shape[-1], branches[0].shape[-2])
         descriptors = [
             self.desc_head(FeatureSource([b[i:i + 1] for b in branches], padded, offset, (w, h)), kpts)

@@ -1,0 +1,176 @@
+"""Where a network runs: PyTorch (the default), or OpenVINO on the CPU for the part that pays.
+
+On a CPU the time of the default pipeline is in the extractor's dense part (ALIKED's encoder:
+small-channel full-resolution convolutions and deformable convolutions; its score head and
+NMS: ~70% of a frame, measured with torch.profiler), while
+LightGlue's layers are close to what the CPU can do and must stay in Python anyway: the
+latency budget decides after every layer whether to run the next, and pruning changes the
+number of points from layer to layer. So `backend: openvino` runs the extractor's dense part
+(`dense`: image -> feature branches, score map, NMS peaks) as a compiled OpenVINO model and
+everything else (keypoint selection, descriptors, matching, budget) as before; outputs agree
+with PyTorch to ~1e-5 (test_backends.py checks keypoints to 1e-3 px and identical matches on
+real images).
+
+Shapes: OpenVINO compiles for one input size. The image size is fixed per camera, so the
+dense part is converted and compiled once per size (and NMS radius) and kept; a new size
+compiles again
+without stopping anything (the frame that brings it pays the compile). Converted models are
+cached on disk under `cache_dir()`, keyed by the model's name, a hash of its weights, the
+input size, the OpenVINO version and the precision, so a restart reads them instead of
+converting again; OpenVINO's own compiled-blob cache sits beside them.
+
+Precision: f32, always. OpenVINO's CPU plugin otherwise picks bf16 on CPUs that have it, which
+moves ALIKED's outputs by ~0.15 (measured) and changes keypoints.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "openvino")
+# An image (B x C x H x W) -> the dense part's output tensors.
+Dense = Callable[[torch.Tensor], list[torch.Tensor]]
+
+
+class BackendError(RuntimeError):
+    """The chosen backend cannot run here (package missing, wrong device, unsupported model)."""
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached: $MATCH_NODE_CACHE or ~/.cache/match_node, /backends."""
+    root = os.environ.get("MATCH_NODE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "match_node")
+    return Path(root) / "backends"
+
+
+def weights_digest(module: nn.Module) -> str:
+    """A short hash of a module's parameters and buffers (names, shapes and values): a cached
+    conversion is only reused for the weights it was made from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class _DenseModule(nn.Module):
+    """The dense part as a module with tensor outputs only (what the converter traces)."""
+
+    def __init__(self, owner: nn.Module) -> None:
+        super().__init__()
+        self.owner = owner  # registers the weights, so they are traced as constants
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.owner.dense(image))
+
+
+class OpenVinoDense:
+    """A model's dense part (`owner.dense`: image -> list of maps) compiled with OpenVINO for
+    the CPU, once per input shape and NMS radius, with converted models cached on disk.
+
+    `owner` is the extractor with its weights loaded; `name` identifies the model in cache
+    file names. `conversions` and `compiles` count the work done by this object (for tests
+    and logs).
+    """
+
+    def __init__(self, owner: nn.Module, name: str, threads: int | None = None,
+                 cache: Path | None = None) -> None:
+        try:
+            import openvino
+        except ImportError as error:  # pragma: no cover - openvino is in requirements.txt
+            raise BackendError("backend 'openvino' needs the openvino package "
+                               "(pip install openvino)") from error
+        self._ov = openvino
+        self._owner = owner
+        self._module = _DenseModule(owner).eval()
+        self.name = name
+        self.digest = weights_digest(owner)
+        self.cache = cache or cache_dir()
+        self.threads = threads or torch.get_num_threads()
+        self._core = openvino.Core()
+        self._compiled: dict[tuple, object] = {}
+        self.conversions = 0   # models converted from PyTorch (not found in the cache)
+        self.compiles = 0      # models compiled for the CPU
+
+    def _key(self, image: torch.Tensor) -> tuple:
+        # What the traced graph bakes in: the input shape and the NMS radius.
+        return (*image.shape, int(self._owner.conf.get("nms_radius", 0)))
+
+    def _path(self, key: tuple) -> Path:
+        b, c, h, w, radius = key
+        version = self._ov.__version__.split("-")[0]
+        return self.cache / (f"{self.name}-{self.digest}-{w}x{h}x{c}-b{b}-nms{radius}"
+                             f"-ov{version}-f32.xml")
+
+    def _compile(self, example: torch.Tensor, key: tuple) -> object:
+        shape = tuple(example.shape)
+        path = self._path(key)
+        start = time.perf_counter()
+        if path.is_file() and path.with_suffix(".bin").is_file():
+            model = self._core.read_model(str(path))
+            how = f"read from {path}"
+        else:
+            log.info("backend openvino: converting %s's dense part for %dx%d (once per image "
+                     "size; cached in %s)", self.name, shape[-1], shape[-2], self.cache)
+            with torch.no_grad(), warnings.catch_warnings():
+                # Tracing warns that shapes become constants: intended, one model per size.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                model = self._ov.convert_model(self._module, example_input=example)
+            self.cache.mkdir(parents=True, exist_ok=True)
+            # Written under a temporary name and renamed, so a killed process never leaves a
+            # half-written model that a later start would read.
+            partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.xml")
+            self._ov.save_model(model, str(partial), compress_to_fp16=False)
+            os.replace(partial.with_suffix(".bin"), path.with_suffix(".bin"))
+            os.replace(partial, path)
+            self.conversions += 1
+            how = "converted"
+        self._core.set_property({"CACHE_DIR": str(self.cache / "compiled")})
+        compiled = self._core.compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_NUM_THREADS": int(self.threads),
+            "PERFORMANCE_HINT": "LATENCY"})
+        self.compiles += 1
+        log.info("backend openvino: %s's dense part for %dx%d ready in %.1f s (%s)", self.name,
+                 shape[-1], shape[-2], time.perf_counter() - start, how)
+        return compiled
+
+    def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
+        if image.device.type != "cpu":
+            raise BackendError("backend 'openvino' runs on the CPU; use backend 'torch' on "
+                               f"{image.device}")
+        key = self._key(image)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compiled[key] = self._compile(image, key)
+        outputs = compiled(image.detach().float().contiguous().numpy())
+        return [torch.from_numpy(outputs[i]) for i in range(len(outputs))]
+
+
+def dense_backend(backend: str, model: nn.Module, name: str, device: torch.device,
+                  threads: int | None = None) -> Dense | None:
+    """The runner of `model`'s dense part for `backend`: None for 'torch' (the model runs it
+    itself), an OpenVinoDense for 'openvino'. Raises BackendError when the backend cannot
+    serve this model or device (one line, for the node's start-up error)."""
+    if backend == "torch":
+        return None
+    if backend != "openvino":
+        raise BackendError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if device.type != "cpu":
+        raise BackendError(f"backend 'openvino' runs on the CPU, but device is {device}; use "
+                           "backend 'torch' on a GPU")
+    if not hasattr(model, "dense"):
+        raise BackendError(f"backend 'openvino' is available for the ALIKED extractors, not "
+                           f"for {name}")
+    return OpenVinoDense(model, name, threads)

@@ -1,0 +1,110 @@
+"""backend 'openvino': the extractor's encoder compiled with OpenVINO gives the keypoints and
+matches of the PyTorch pipeline on real images, once per image size, cached on disk."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from match_node import Pipeline, SequentialMatcher
+from match_node.engine import backends
+from match_node.engine.families import check_combined
+from match_node.groundtruth.planar import make_sequence
+from match_node.params import ParameterError
+
+pytest.importorskip("openvino")  # in requirements.txt; the skip only serves partial installs
+
+SETTINGS = {"device": "cpu", "allow_download": False, "max_keypoints": 512}
+PIXEL_TOLERANCE = 1e-3
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATCH_NODE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "backends"
+
+
+def stream_results(pipeline: Pipeline, frames: list[np.ndarray]) -> list:
+    stream = SequentialMatcher(pipeline)
+    return [stream.push(frame, t).result for t, frame in enumerate(frames)][1:]
+
+
+def test_openvino_reproduces_torch_keypoints_and_matches(cache):
+    # Two real sequences at two sizes: the second size compiles again without a restart.
+    small = make_sequence("coffee", num_frames=3, size=(320, 240), step=6, seed=2).frames
+    other = make_sequence("astronaut", num_frames=2, size=(352, 256), step=6, seed=4).frames
+    torch_pipeline = Pipeline(SETTINGS, refine="none")
+    ov_pipeline = Pipeline(SETTINGS, refine="none", backend="openvino")
+    for frames in (small, other):
+        for frame in frames:  # the extractor's own output: keypoints to 1e-3 px
+            e, a = torch_pipeline.extract(frame), ov_pipeline.extract(frame)
+            assert len(e) > 100 and len(a) == len(e)
+            torch.testing.assert_close(a.keypoints, e.keypoints, atol=PIXEL_TOLERANCE, rtol=0)
+            torch.testing.assert_close(a.descriptors, e.descriptors, atol=1e-4, rtol=0)
+        expected = stream_results(torch_pipeline, frames)
+        actual = stream_results(ov_pipeline, frames)
+        for e, a in zip(expected, actual):  # identical matches
+            assert len(e) > 100
+            np.testing.assert_array_equal(a.indices0, e.indices0)
+            np.testing.assert_array_equal(a.indices1, e.indices1)
+            np.testing.assert_allclose(a.keypoints1, e.keypoints1, atol=PIXEL_TOLERANCE, rtol=0)
+    encoder = ov_pipeline.extractor.dense_runner
+    assert encoder.compiles == 2 and encoder.conversions == 2
+    assert len(list(cache.glob("aliked-n16-*.xml"))) == 2
+
+
+def test_refined_matches_agree_within_the_refinement_tolerance(cache):
+    """With patch refinement (the default) matches are identical; refined positions agree to
+    the refinement's own convergence step (0.01-0.05 px), which 1e-5 differences in the
+    starting keypoint can shift."""
+    frames = make_sequence("coffee", num_frames=3, size=(320, 240), step=6, seed=2).frames
+    expected = stream_results(Pipeline(SETTINGS), frames)
+    actual = stream_results(Pipeline(SETTINGS, backend="openvino"), frames)
+    for e, a in zip(expected, actual):
+        np.testing.assert_array_equal(a.indices1, e.indices1)
+        np.testing.assert_array_equal(a.refined, e.refined)
+        np.testing.assert_allclose(a.keypoints1, e.keypoints1, atol=0.05, rtol=0)
+
+
+def test_a_restart_reads_the_cached_conversion(cache):
+    frame = make_sequence("coffee", num_frames=1, size=(320, 240), step=6, seed=2).frames[0]
+    first = Pipeline(SETTINGS, backend="openvino")
+    first.extract(frame)
+    assert first.extractor.dense_runner.conversions == 1
+    again = Pipeline(SETTINGS, backend="openvino")
+    features = again.extract(frame)
+    assert again.extractor.dense_runner.conversions == 0  # read from the cache
+    assert again.extractor.dense_runner.compiles == 1
+    assert len(features) > 100
+    # Different weights never reuse it: the file name carries a hash of the weights.
+    with torch.no_grad():
+        again.extractor.block1.conv1.weight.mul_(0.5)
+    assert backends.weights_digest(again.extractor) != first.extractor.dense_runner.digest
+
+
+def test_impossible_backend_choices_are_refused_in_one_line():
+    with pytest.raises(ParameterError, match="openvino.*CPU"):
+        check_combined({"backend": "openvino", "device": "cuda"})
+    with pytest.raises(ParameterError, match="openvino.*aliked"):
+        check_combined({"backend": "openvino", "extractor": "superpoint"})
+
+
+def test_epipolar_filter_keeps_a_consistent_subset():
+    """epipolar_filter_px (the CPU preset's outlier filter): the filtered matches are a subset
+    of the unfiltered ones, fit one fundamental matrix, and are more often correct."""
+    from match_node.engine.texture import epipolar_inliers
+    from match_node.groundtruth.planar import reprojection_errors
+
+    sequence = make_sequence("chelsea", num_frames=2, size=(320, 240), step=6, seed=1)
+    settings = {**SETTINGS, "extractor": "xfeat", "matcher": "nn", "refine": "none"}
+    plain = Pipeline(settings).match(*sequence.frames)
+    filtered = Pipeline(settings, epipolar_filter_px=1.0).match(*sequence.frames)
+    pairs = set(zip(plain.indices0.tolist(), plain.indices1.tolist()))
+    kept = list(zip(filtered.indices0.tolist(), filtered.indices1.tolist()))
+    assert 50 < len(kept) < len(pairs) and set(kept) <= pairs
+    assert epipolar_inliers(filtered.keypoints0, filtered.keypoints1, 1.0).mean() > 0.95
+
+    def precision(r):
+        return (reprojection_errors(sequence.relative(0, 1), r.keypoints0.astype(float),
+                                    r.keypoints1.astype(float)) < 3).mean()
+    assert precision(filtered) > precision(plain)
