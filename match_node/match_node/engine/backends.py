@@ -21,6 +21,11 @@ converting again; OpenVINO's own compiled-blob cache sits beside them.
 
 Precision: f32, always. OpenVINO's CPU plugin otherwise picks bf16 on CPUs that have it, which
 moves ALIKED's outputs by ~0.15 (measured) and changes keypoints.
+
+`backend: onnxruntime` does the same with ONNX Runtime's CPU execution provider: the dense part
+is exported to ONNX (engine/export.py, with ALIKED's deformable convolutions in plain ops) once
+per size and NMS radius into the same cache directory, keyed the same way; the exported file is
+also what other engines (TensorRT) take. test_export.py checks it like test_backends.py.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "openvino")
+BACKENDS = ("torch", "openvino", "onnxruntime")
 # An image (B x C x H x W) -> the dense part's output tensors.
 Dense = Callable[[torch.Tensor], list[torch.Tensor]]
 
@@ -158,19 +163,88 @@ class OpenVinoDense:
         return [torch.from_numpy(outputs[i]) for i in range(len(outputs))]
 
 
+class OnnxRuntimeDense:
+    """A model's dense part exported to ONNX (engine/export.py) and run with ONNX Runtime's
+    CPU execution provider, one session per input shape and NMS radius, with exported files
+    cached on disk. `exports` and `sessions` count the work done by this object."""
+
+    def __init__(self, owner: nn.Module, name: str, threads: int | None = None,
+                 cache: Path | None = None) -> None:
+        try:
+            import onnxruntime
+        except ImportError as error:  # pragma: no cover - onnxruntime is in requirements.txt
+            raise BackendError("backend 'onnxruntime' needs the onnxruntime package "
+                               "(pip install onnxruntime)") from error
+        self._ort = onnxruntime
+        self._owner = owner
+        self.name = name
+        self.digest = weights_digest(owner)
+        self.cache = cache or cache_dir()
+        self.threads = threads or torch.get_num_threads()
+        self._sessions: dict[tuple, object] = {}
+        self.exports = 0    # graphs exported from PyTorch (not found in the cache)
+        self.sessions = 0   # inference sessions created
+
+    def _key(self, image: torch.Tensor) -> tuple:
+        # What the traced graph bakes in: the input shape and the NMS radius.
+        return (*image.shape, int(self._owner.conf.get("nms_radius", 0)))
+
+    def path(self, key: tuple) -> Path:
+        """The cached ONNX file for a (B, C, H, W, radius) key."""
+        from .export import OPSET
+        b, c, h, w, radius = key
+        version = torch.__version__.split("+")[0]
+        return self.cache / (f"{self.name}-{self.digest}-{w}x{h}x{c}-b{b}-nms{radius}"
+                             f"-onnx{OPSET}-torch{version}-f32.onnx")
+
+    def _session(self, example: torch.Tensor, key: tuple) -> object:
+        from .export import export_dense
+        path = self.path(key)
+        start = time.perf_counter()
+        how = f"read from {path}"
+        if not path.is_file():
+            log.info("backend onnxruntime: exporting %s's dense part for %dx%d (once per image "
+                     "size; cached in %s)", self.name, key[3], key[2], self.cache)
+            export_dense(self._owner, example.detach().float(), path)
+            self.exports += 1
+            how = "exported"
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = int(self.threads)
+        session = self._ort.InferenceSession(str(path), options,
+                                             providers=["CPUExecutionProvider"])
+        self.sessions += 1
+        log.info("backend onnxruntime: %s's dense part for %dx%d ready in %.1f s (%s)",
+                 self.name, key[3], key[2], time.perf_counter() - start, how)
+        return session
+
+    def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
+        if image.device.type != "cpu":
+            raise BackendError("backend 'onnxruntime' runs on the CPU; use backend 'torch' on "
+                               f"{image.device}")
+        key = self._key(image)
+        session = self._sessions.get(key)
+        if session is None:
+            session = self._sessions[key] = self._session(image, key)
+        outputs = session.run(None, {"image": image.detach().float().contiguous().numpy()})
+        return [torch.from_numpy(output) for output in outputs]
+
+
+RUNNERS: dict[str, type] = {"openvino": OpenVinoDense, "onnxruntime": OnnxRuntimeDense}
+
+
 def dense_backend(backend: str, model: nn.Module, name: str, device: torch.device,
                   threads: int | None = None) -> Dense | None:
     """The runner of `model`'s dense part for `backend`: None for 'torch' (the model runs it
-    itself), an OpenVinoDense for 'openvino'. Raises BackendError when the backend cannot
-    serve this model or device (one line, for the node's start-up error)."""
+    itself), an OpenVinoDense or OnnxRuntimeDense otherwise. Raises BackendError when the
+    backend cannot serve this model or device (one line, for the node's start-up error)."""
     if backend == "torch":
         return None
-    if backend != "openvino":
+    if backend not in RUNNERS:
         raise BackendError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if device.type != "cpu":
-        raise BackendError(f"backend 'openvino' runs on the CPU, but device is {device}; use "
+        raise BackendError(f"backend '{backend}' runs on the CPU, but device is {device}; use "
                            "backend 'torch' on a GPU")
     if not hasattr(model, "dense"):
-        raise BackendError(f"backend 'openvino' is available for the ALIKED extractors, not "
+        raise BackendError(f"backend '{backend}' is available for the ALIKED extractors, not "
                            f"for {name}")
-    return OpenVinoDense(model, name, threads)
+    return RUNNERS[backend](model, name, threads)

@@ -115,7 +115,7 @@ EXTRACTOR_FAMILIES: dict[str, ExtractorFamily] = {
     # aliked-n16, -n16rot and -n32.pth), 64 for the tiny model (64x64 in aliked-t16.pth).
     **{name: ExtractorFamily(name, "aliked", "ALIKED", {"model_name": name}, name, "aliked",
                              descriptor_dim=64 if name == "aliked-t16" else 128,
-                             backends=("torch", "openvino"))
+                             backends=("torch", "openvino", "onnxruntime"))
        for name in ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")},
     "superpoint": ExtractorFamily("superpoint", "superpoint", "SuperPoint", {}, "superpoint",
                                   "superpoint", licence=_NON_COMMERCIAL, descriptor_dim=256),

@@ -40,6 +40,13 @@ class DeformConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         limit = max(x.shape[-2:]) / 4.0  # offsets are bounded by a quarter of the map
         offset = self.offset_conv(x).clamp(-limit, limit)
+        if torch.is_autocast_enabled(x.device.type):
+            # Sampling positions in fp32, as torchvision's CUDA autocast wrapper does; its CPU
+            # kernel has no half-precision version at all.
+            with torch.autocast(x.device.type, enabled=False):
+                return torchvision.ops.deform_conv2d(
+                    x.float(), offset.float(), self.regular_conv.weight.float(),
+                    self.regular_conv.bias, padding=(1, 1))
         return torchvision.ops.deform_conv2d(
             x, offset, self.regular_conv.weight, self.regular_conv.bias, padding=(1, 1))
 
@@ -162,16 +169,22 @@ class FeatureSource:
     def at_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalised features at integer pixels (M x 2, x and y inside the image): M x C."""
         pw, ph = self.padded_size
-        x = (pixels[:, 0] + self.offset[0]).to(self.branches[0].dtype)
-        y = (pixels[:, 1] + self.offset[1]).to(self.branches[0].dtype)
+        # Pixel coordinates stay integer / fp32: fp16 holds integers exactly only up to 2048
+        # and bf16 up to 256, so half-precision coordinates would index the wrong pixels.
+        xi = pixels[:, 0].long() + self.offset[0]
+        yi = pixels[:, 1].long() + self.offset[1]
+        x, y = xi.float(), yi.float()
         grid = torch.stack([2 * x / (pw - 1) - 1, 2 * y / (ph - 1) - 1], -1).view(1, -1, 1, 2)
         parts = []
         for branch in self.branches:
             if branch.shape[-2:] == (ph, pw):  # full resolution: plain indexing
-                xi, yi = x.long(), y.long()
                 parts.append(branch[0][:, yi, xi].t())
             else:
-                sampled = F.grid_sample(branch, grid, mode="bilinear", align_corners=True)
+                # The low-resolution branches are sampled in fp32 (an fp16 grid is off by
+                # up to half a pixel at 2048 px); their values keep the branch's dtype.
+                with torch.autocast(branch.device.type, enabled=False):
+                    sampled = F.grid_sample(branch.float(), grid, mode="bilinear",
+                                            align_corners=True).to(branch.dtype)
                 parts.append(sampled[0, :, :, 0].t())
         return F.normalize(torch.cat(parts, 1), p=2, dim=1)
 
@@ -347,6 +360,9 @@ class ALIKED(nn.Module):
 
         # Soft-argmax refinement in the (2r+1)^2 window around each peak, gathering only the
         # selected windows (zero padding outside the image, like F.unfold with padding).
+        # The soft-argmax gives keypoint positions: fp32 even under autocast (its matmul
+        # would otherwise round positions to half precision, integer-exact only to 2048 px).
+        scores = scores.float()
         padded = F.pad(scores, (radius, radius, radius, radius)).view(b, -1)
         padded_w = w + 2 * radius
         window = (self.window_xy[:, 1] * padded_w + self.window_xy[:, 0]).long()  # K^2
@@ -356,7 +372,8 @@ class ALIKED(nn.Module):
             patch = padded[i][centre[:, None] + window[None]]            # N x K^2
             weights = ((patch - patch.max(dim=1, keepdim=True).values)
                        / self.soft_argmax_temperature).exp()
-            residual = weights @ self.window_xy / weights.sum(dim=1, keepdim=True)
+            with torch.autocast(scores.device.type, enabled=False):
+                residual = weights @ self.window_xy / weights.sum(dim=1, keepdim=True)
             xy = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], 1).to(residual)
             kpts = xy + residual
             grid = (2.0 * kpts / kpts.new_tensor([w - 1, h - 1]) - 1.0).view(1, 1, -1, 2)

@@ -71,9 +71,20 @@ class LearnableFourierPositionalEncoding(nn.Module):
         return encoding.repeat_interleave(2, dim=-1)
 
 
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the input dtype or autocast (same parameters and
+    state-dict keys as nn.LayerNorm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # CUDA autocast runs layer_norm in fp32 but CPU autocast does not: its fp16 variance
+        # loses precision, so the cast is explicit for every device.
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps)
+
+
 def _ffn(dim: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(2 * dim, 2 * dim), nn.LayerNorm(2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        nn.Linear(2 * dim, 2 * dim), FP32LayerNorm(2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
 
 class SelfBlock(nn.Module):
@@ -120,8 +131,10 @@ class CrossBlock(nn.Module):
             # On the CPU, compute the similarity once and normalise it along both axes.
             scale = qk0.shape[-1] ** -0.5
             sim = qk0 @ qk1.transpose(-1, -2) * scale
-            m0 = torch.softmax(sim, -1) @ v1
-            m1 = torch.softmax(sim.transpose(-1, -2), -1) @ v0
+            # Softmax in fp32: CPU autocast would otherwise run it in the input's half dtype.
+            sim = sim.float()
+            m0 = torch.softmax(sim, -1).to(v1.dtype) @ v1
+            m1 = torch.softmax(sim.transpose(-1, -2), -1).to(v0.dtype) @ v0
         m0, m1 = (self.to_out(m.transpose(1, 2).flatten(-2)) for m in (m0, m1))
         return (x0 + self.ffn(torch.cat([x0, m0], -1)),
                 x1 + self.ffn(torch.cat([x1, m1], -1)))

@@ -19,10 +19,13 @@ from .lightglue import MatchOutput
 
 def pairwise_distances(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
     """Euclidean distances (M x N) in fp32, through the Gram matrix, clamped at zero."""
-    desc0, desc1 = desc0.float(), desc1.float()
-    squared = ((desc0 * desc0).sum(-1)[:, None] + (desc1 * desc1).sum(-1)[None]
-               - 2.0 * desc0 @ desc1.T)
-    return squared.clamp(min=0.0).sqrt()
+    # Autocast would cast the matmul back to half precision, and |a|^2 + |b|^2 - 2 a.b of
+    # unit descriptors cancels to a few units of fp16's last place: keep it fp32.
+    with torch.autocast(desc0.device.type, enabled=False):
+        desc0, desc1 = desc0.float(), desc1.float()
+        squared = ((desc0 * desc0).sum(-1)[:, None] + (desc1 * desc1).sum(-1)[None]
+                   - 2.0 * desc0 @ desc1.T)
+        return squared.clamp(min=0.0).sqrt()
 
 
 def _nearest_two(distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
