@@ -1,4 +1,5 @@
 """ALIKED keypoint detector and descriptor (Zhao et al., 2023), loading the official weights.
+(Over 400 lines: one readable file per model, as the official code.)
 
 The network: a four-stage encoder (two plain conv blocks, two deformable residual blocks),
 multi-scale aggregation to a full-resolution feature map, a score head, differentiable
