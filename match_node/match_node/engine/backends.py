@@ -29,6 +29,7 @@ also what other engines (TensorRT) take. test_export.py checks it like test_back
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import logging
 import os
@@ -37,6 +38,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -80,14 +82,54 @@ class _DenseModule(nn.Module):
         return tuple(self.owner.dense(image))
 
 
-class OpenVinoDense:
-    """A model's dense part (`owner.dense`: image -> list of maps) compiled with OpenVINO for
-    the CPU, once per input shape and NMS radius, with converted models cached on disk.
+class _EngineDense(abc.ABC):
+    """What every inference-engine runner of a dense part shares: one compiled model per
+    input shape and NMS radius (what a traced graph bakes in), built on first use by the
+    subclass's `_build`, run on CPU float arrays by its `_run`.
 
     `owner` is the extractor with its weights loaded; `name` identifies the model in cache
-    file names. `conversions` and `compiles` count the work done by this object (for tests
-    and logs).
+    file names.
     """
+    backend = ""
+
+    def __init__(self, owner: nn.Module, name: str, threads: int | None = None,
+                 cache: Path | None = None) -> None:
+        self._owner = owner
+        self.name = name
+        self.digest = weights_digest(owner)
+        self.cache = cache or cache_dir()
+        self.threads = threads or torch.get_num_threads()
+        self._built: dict[tuple, object] = {}
+
+    def _key(self, image: torch.Tensor) -> tuple:
+        return (*image.shape, int(self._owner.conf.get("nms_radius", 0)))
+
+    @abc.abstractmethod
+    def _build(self, example: torch.Tensor, key: tuple) -> object:
+        """The engine's model for `key`, converted or read from the cache."""
+
+    @abc.abstractmethod
+    def _run(self, built: object, array: np.ndarray) -> list[np.ndarray]:
+        """The dense part's outputs for one float32 image array."""
+
+    def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
+        if image.device.type != "cpu":
+            raise BackendError(f"backend '{self.backend}' runs on the CPU; use backend 'torch' "
+                               f"on {image.device}")
+        key = self._key(image)
+        built = self._built.get(key)
+        if built is None:
+            built = self._built[key] = self._build(image, key)
+        outputs = self._run(built, image.detach().float().contiguous().numpy())
+        return [torch.from_numpy(output) for output in outputs]
+
+
+class OpenVinoDense(_EngineDense):
+    """A model's dense part (`owner.dense`: image -> list of maps) compiled with OpenVINO for
+    the CPU, with converted models cached on disk. `conversions` and `compiles` count the
+    work done by this object (for tests and logs).
+    """
+    backend = "openvino"
 
     def __init__(self, owner: nn.Module, name: str, threads: int | None = None,
                  cache: Path | None = None) -> None:
@@ -96,21 +138,12 @@ class OpenVinoDense:
         except ImportError as error:  # pragma: no cover - openvino is in requirements.txt
             raise BackendError("backend 'openvino' needs the openvino package "
                                "(pip install openvino)") from error
+        super().__init__(owner, name, threads, cache)
         self._ov = openvino
-        self._owner = owner
         self._module = _DenseModule(owner).eval()
-        self.name = name
-        self.digest = weights_digest(owner)
-        self.cache = cache or cache_dir()
-        self.threads = threads or torch.get_num_threads()
         self._core = openvino.Core()
-        self._compiled: dict[tuple, object] = {}
         self.conversions = 0   # models converted from PyTorch (not found in the cache)
         self.compiles = 0      # models compiled for the CPU
-
-    def _key(self, image: torch.Tensor) -> tuple:
-        # What the traced graph bakes in: the input shape and the NMS radius.
-        return (*image.shape, int(self._owner.conf.get("nms_radius", 0)))
 
     def _path(self, key: tuple) -> Path:
         b, c, h, w, radius = key
@@ -118,7 +151,7 @@ class OpenVinoDense:
         return self.cache / (f"{self.name}-{self.digest}-{w}x{h}x{c}-b{b}-nms{radius}"
                              f"-ov{version}-f32.xml")
 
-    def _compile(self, example: torch.Tensor, key: tuple) -> object:
+    def _build(self, example: torch.Tensor, key: tuple) -> object:
         shape = tuple(example.shape)
         path = self._path(key)
         start = time.perf_counter()
@@ -151,22 +184,16 @@ class OpenVinoDense:
                  shape[-1], shape[-2], time.perf_counter() - start, how)
         return compiled
 
-    def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
-        if image.device.type != "cpu":
-            raise BackendError("backend 'openvino' runs on the CPU; use backend 'torch' on "
-                               f"{image.device}")
-        key = self._key(image)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            compiled = self._compiled[key] = self._compile(image, key)
-        outputs = compiled(image.detach().float().contiguous().numpy())
-        return [torch.from_numpy(outputs[i]) for i in range(len(outputs))]
+    def _run(self, built: object, array: np.ndarray) -> list[np.ndarray]:
+        outputs = built(array)
+        return [outputs[i] for i in range(len(outputs))]
 
 
-class OnnxRuntimeDense:
+class OnnxRuntimeDense(_EngineDense):
     """A model's dense part exported to ONNX (engine/export.py) and run with ONNX Runtime's
-    CPU execution provider, one session per input shape and NMS radius, with exported files
-    cached on disk. `exports` and `sessions` count the work done by this object."""
+    CPU execution provider, with exported files cached on disk. `exports` and `sessions`
+    count the work done by this object."""
+    backend = "onnxruntime"
 
     def __init__(self, owner: nn.Module, name: str, threads: int | None = None,
                  cache: Path | None = None) -> None:
@@ -175,19 +202,10 @@ class OnnxRuntimeDense:
         except ImportError as error:  # pragma: no cover - onnxruntime is in requirements.txt
             raise BackendError("backend 'onnxruntime' needs the onnxruntime package "
                                "(pip install onnxruntime)") from error
+        super().__init__(owner, name, threads, cache)
         self._ort = onnxruntime
-        self._owner = owner
-        self.name = name
-        self.digest = weights_digest(owner)
-        self.cache = cache or cache_dir()
-        self.threads = threads or torch.get_num_threads()
-        self._sessions: dict[tuple, object] = {}
         self.exports = 0    # graphs exported from PyTorch (not found in the cache)
         self.sessions = 0   # inference sessions created
-
-    def _key(self, image: torch.Tensor) -> tuple:
-        # What the traced graph bakes in: the input shape and the NMS radius.
-        return (*image.shape, int(self._owner.conf.get("nms_radius", 0)))
 
     def path(self, key: tuple) -> Path:
         """The cached ONNX file for a (B, C, H, W, radius) key."""
@@ -197,7 +215,7 @@ class OnnxRuntimeDense:
         return self.cache / (f"{self.name}-{self.digest}-{w}x{h}x{c}-b{b}-nms{radius}"
                              f"-onnx{OPSET}-torch{version}-f32.onnx")
 
-    def _session(self, example: torch.Tensor, key: tuple) -> object:
+    def _build(self, example: torch.Tensor, key: tuple) -> object:
         from .export import export_dense
         path = self.path(key)
         start = time.perf_counter()
@@ -217,16 +235,8 @@ class OnnxRuntimeDense:
                  self.name, key[3], key[2], time.perf_counter() - start, how)
         return session
 
-    def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
-        if image.device.type != "cpu":
-            raise BackendError("backend 'onnxruntime' runs on the CPU; use backend 'torch' on "
-                               f"{image.device}")
-        key = self._key(image)
-        session = self._sessions.get(key)
-        if session is None:
-            session = self._sessions[key] = self._session(image, key)
-        outputs = session.run(None, {"image": image.detach().float().contiguous().numpy()})
-        return [torch.from_numpy(output) for output in outputs]
+    def _run(self, built: object, array: np.ndarray) -> list[np.ndarray]:
+        return built.run(None, {"image": array})
 
 
 RUNNERS: dict[str, type] = {"openvino": OpenVinoDense, "onnxruntime": OnnxRuntimeDense}
