@@ -17,25 +17,33 @@ from ..messages import EXIT_FULL_DEPTH, EXIT_NO_KEYPOINTS
 from .lightglue import MatchOutput
 
 
-def pairwise_distances(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances (M x N) in fp32, through the Gram matrix, clamped at zero."""
+def pairwise_squared_distances(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances (M x N) in fp32, through the Gram matrix, clamped at zero."""
     # Autocast would cast the matmul back to half precision, and |a|^2 + |b|^2 - 2 a.b of
     # unit descriptors cancels to a few units of fp16's last place: keep it fp32.
     with torch.autocast(desc0.device.type, enabled=False):
         desc0, desc1 = desc0.float(), desc1.float()
         squared = ((desc0 * desc0).sum(-1)[:, None] + (desc1 * desc1).sum(-1)[None]
                    - 2.0 * desc0 @ desc1.T)
-        return squared.clamp(min=0.0).sqrt()
+        return squared.clamp(min=0.0)
 
 
-def _nearest_two(distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index of the nearest column per row, and nearest / second-nearest distance ratio."""
-    k = min(2, distances.shape[1])
-    values, indices = distances.topk(k, dim=1, largest=False)
+def pairwise_distances(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (M x N) in fp32, clamped at zero."""
+    return pairwise_squared_distances(desc0, desc1).sqrt()
+
+
+def _nearest_two(squared: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along `dim` of squared distances: index of the nearest, and nearest / second-nearest
+    distance ratio. The square root is taken of the two nearest only (it keeps their order),
+    which gives the same ratios as ranking the distances themselves."""
+    k = min(2, squared.shape[dim])
+    values, indices = squared.topk(k, dim=dim, largest=False)
+    values, indices = values.movedim(dim, -1).sqrt(), indices.movedim(dim, -1)
     if k == 1:
-        return indices[:, 0], torch.zeros_like(values[:, 0])
-    ratio = values[:, 0] / values[:, 1].clamp(min=1e-12)
-    return indices[:, 0], ratio
+        return indices[..., 0], torch.zeros_like(values[..., 0])
+    ratio = values[..., 0] / values[..., 1].clamp(min=1e-12)
+    return indices[..., 0], ratio
 
 
 class NearestNeighbor(nn.Module):
@@ -63,9 +71,9 @@ class NearestNeighbor(nn.Module):
         if m == 0 or n == 0:
             return MatchOutput(torch.empty((0, 2), dtype=torch.long, device=device),
                                torch.empty(0, device=device), 0, EXIT_NO_KEYPOINTS, 0, m, n, [])
-        distances = pairwise_distances(desc0, desc1)
-        nearest0, ratio0 = _nearest_two(distances)      # for each point of image 0
-        nearest1, ratio1 = _nearest_two(distances.T)    # for each point of image 1
+        squared = pairwise_squared_distances(desc0, desc1)
+        nearest0, ratio0 = _nearest_two(squared, 1)     # for each point of image 0
+        nearest1, ratio1 = _nearest_two(squared, 0)     # for each point of image 1
         index0 = torch.arange(m, device=device)
         keep = torch.ones(m, dtype=torch.bool, device=device)
         if self.conf["mutual"]:
@@ -74,7 +82,7 @@ class NearestNeighbor(nn.Module):
         if self.conf["ratio"] < 1.0:
             keep &= ratio < self.conf["ratio"]
         if self.conf["max_distance"] > 0:
-            keep &= distances[index0, nearest0] <= self.conf["max_distance"]
+            keep &= squared[index0, nearest0].sqrt() <= self.conf["max_distance"]
         matches = torch.stack([index0[keep], nearest0[keep]], -1)
         scores = (1.0 - ratio[keep]).clamp(0.0, 1.0)
         return MatchOutput(matches, scores, 0, EXIT_FULL_DEPTH, 0, m, n, [])
