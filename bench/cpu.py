@@ -124,8 +124,8 @@ def methods() -> dict[str, Callable[[], Step]]:
         "OpenCV SIFT + ratio test, per pair": opencv_sift(per_pair=True),
         "ours XFeat + NN + epipolar filter 1 px": ours({"extractor": "xfeat", "matcher": "nn",
                                                          "epipolar_filter_px": 1.0}),
-        "CPU real-time preset (config/cpu_realtime.yaml: XFeat + NN + epipolar filter, "
-        "budget 90 ms)": ours({}, "cpu_realtime.yaml"),
+        "CPU real-time preset (config/cpu_realtime.yaml: XFeat + NN ratio 0.7 + epipolar "
+        "filter 0.75 px, budget 90 ms)": ours({}, "cpu_realtime.yaml"),
     }
 
 
