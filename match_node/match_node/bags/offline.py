@@ -145,18 +145,38 @@ def summarise(log: list[FrameLog], messages: int, errors: list[np.ndarray],
     return summary
 
 
-def run_offline(in_bag: str | Path, out_bag: str | Path, topic: str,
-                params: dict[str, Any] | None = None, *, output_topic: str | None = None,
-                storage: str | None = None, copy_topics: Iterable[str] | None = None,
-                ground_truth: str = GROUND_TRUTH_HOMOGRAPHY, pipeline=None,
-                progress: Callable[[FrameLog], None] | None = None) -> dict[str, Any]:
-    """Run the matcher over `topic` of `in_bag`, write `out_bag`, return the summary.
+@dataclass
+class Setup:
+    """What a run over one bag needs, checked before anything is written (see `prepare`)."""
+    in_bag: str | Path
+    topic: str
+    values: dict[str, Any]
+    pipeline: Any
+    runner: MonoRunner
+    output_topic: str
+    copy_topics: list[str]
+    ground_truth: str
+    truth: dict[int, np.ndarray]
+    storage: str
 
-    `params` are node parameters (validated with the shared table; pipeline ones build the
-    Pipeline unless `pipeline` is given; on_stamp_backwards and max_input_pixels apply too).
-    `copy_topics` defaults to the input's CameraInfo topics.
-    """
-    started = time.perf_counter()
+
+def copy_topics_of(in_bag: str | Path, in_topics: dict[str, bags.TopicSummary],
+                   input_topics: list[str], copy_topics: Iterable[str] | None) -> list[str]:
+    """The topics copied unchanged: `copy_topics`, by default the input's CameraInfo topics."""
+    if copy_topics is None:
+        copy_topics = [t for t, s in in_topics.items() if s.msgtype == bags.CAMERA_INFO]
+    copy_topics = [t for t in copy_topics if t not in input_topics]
+    missing = [t for t in copy_topics if t not in in_topics]
+    if missing:
+        raise bags.BagError(f"{in_bag}: no topic(s) {', '.join(missing)} to copy")
+    return copy_topics
+
+
+def prepare(in_bag: str | Path, topic: str, params: dict[str, Any] | None = None, *,
+            output_topic: str | None = None, storage: str | None = None,
+            copy_topics: Iterable[str] | None = None,
+            ground_truth: str = GROUND_TRUTH_HOMOGRAPHY, pipeline=None) -> Setup:
+    """Check the bag and the parameters, build the pipeline (unless given) and the runner."""
     values = P.validate(params or {})
     in_topics = bags.topics(in_bag)
     if topic not in in_topics or in_topics[topic].msgtype not in bags.IMAGE_TYPES:
@@ -169,56 +189,85 @@ def run_offline(in_bag: str | Path, out_bag: str | Path, topic: str,
     output_topic = output_topic or bags.correspondences_topic_for(topic)
     runner = MonoRunner(pipeline, topic, output_topic, values["on_stamp_backwards"],
                         values["max_input_pixels"])
-    if copy_topics is None:
-        copy_topics = [t for t, s in in_topics.items() if s.msgtype == bags.CAMERA_INFO]
-    copy_topics = [t for t in copy_topics if t not in runner.input_topics]
-    missing = [t for t in copy_topics if t not in in_topics]
-    if missing:
-        raise bags.BagError(f"{in_bag}: no topic(s) {', '.join(missing)} to copy")
+    copy_topics = copy_topics_of(in_bag, in_topics, runner.input_topics, copy_topics)
     truth = bags.read_homographies(in_bag, ground_truth) if ground_truth in in_topics else {}
     storage = storage or bags.storage_of(in_bag)
+    return Setup(in_bag, topic, values, pipeline, runner, output_topic, copy_topics,
+                 ground_truth, truth, storage)
 
-    errors: list[np.ndarray] = []
-    count = 0
-    with bags.BagWriter(out_bag, storage=storage) as writer:
-        for name, msgtype in runner.output_topics.items():
-            writer.add_topic(name, msgtype)
-        connections = {}
-        for message in bags.messages(in_bag, runner.input_topics + copy_topics):
-            if message.topic in runner.input_topics:
-                for out in runner.process(bags.image_from_message(message, decode=False)):
-                    writer.write_fields(out.topic, out.log_time_ns, out.fields)
-                    count += 1
-                    record = runner.log[-1]
-                    if out.log_time_ns in truth and out.reference_log_time_ns in truth:
-                        H = truth[out.log_time_ns] @ np.linalg.inv(truth[out.reference_log_time_ns])
-                        e, n = evaluate(out.fields, H)
-                        errors.append(e)
-                        if n:
-                            record.precision = round(float((e < 3).mean()), 4)
-                            record.median_error_px = round(float(np.median(e)), 3)
-                if progress:
-                    progress(runner.log[-1])
-                continue
-            if message.topic not in connections:  # copied with its own definition and QoS
-                c = message.connection
-                qos = c.ext.offered_qos_profiles[0] if getattr(c.ext, "offered_qos_profiles", None) \
-                    else "reliable"
-                connections[message.topic] = writer.add_topic(
-                    message.topic, message.msgtype, qos,
-                    msgdef=c.msgdef.data or None, rihs01=c.digest or None)
-            writer.write_raw(message.topic, message.log_time_ns, message.data)
 
-    p = pipeline.params
-    extra = {
-        "input": str(in_bag), "output": str(out_bag), "storage": storage, "topic": topic,
-        "output_topic": output_topic, "copied_topics": sorted(copy_topics),
-        "ground_truth": ground_truth if truth else None,
+def score(out: Output, truth: dict[int, np.ndarray], record: FrameLog,
+          errors: list[np.ndarray]) -> None:
+    """Evaluate a message against the ground truth, when both of its images have one."""
+    if out.log_time_ns in truth and out.reference_log_time_ns in truth:
+        H = truth[out.log_time_ns] @ np.linalg.inv(truth[out.reference_log_time_ns])
+        e, n = evaluate(out.fields, H)
+        errors.append(e)
+        if n:
+            record.precision = round(float((e < 3).mean()), 4)
+            record.median_error_px = round(float(np.median(e)), 3)
+
+
+def copy_message(writer: bags.BagWriter, connections: dict[str, Any],
+                 message: bags.BagMessage) -> None:
+    """Write a copied message, its topic added first with its own definition and QoS."""
+    if message.topic not in connections:
+        c = message.connection
+        qos = c.ext.offered_qos_profiles[0] if getattr(c.ext, "offered_qos_profiles", None) \
+            else "reliable"
+        connections[message.topic] = writer.add_topic(
+            message.topic, message.msgtype, qos,
+            msgdef=c.msgdef.data or None, rihs01=c.digest or None)
+    writer.write_raw(message.topic, message.log_time_ns, message.data)
+
+
+def summary_extra(setup: Setup, out_bag: str | Path) -> dict[str, Any]:
+    """The summary's description of the run (what summarise puts first)."""
+    pipeline, p = setup.pipeline, setup.pipeline.params
+    return {
+        "input": str(setup.in_bag), "output": str(out_bag), "storage": setup.storage,
+        "topic": setup.topic, "output_topic": setup.output_topic,
+        "copied_topics": sorted(setup.copy_topics),
+        "ground_truth": setup.ground_truth if setup.truth else None,
         "device": str(pipeline.device), "extractor": pipeline.extractor_name,
         "matcher": pipeline.matcher_name, "max_keypoints": p["max_keypoints"],
         "deterministic": p["latency_budget_ms"] == 0,
     }
-    summary = summarise(runner.log, count, errors, extra)
+
+
+def run_offline(in_bag: str | Path, out_bag: str | Path, topic: str,
+                params: dict[str, Any] | None = None, *, output_topic: str | None = None,
+                storage: str | None = None, copy_topics: Iterable[str] | None = None,
+                ground_truth: str = GROUND_TRUTH_HOMOGRAPHY, pipeline=None,
+                progress: Callable[[FrameLog], None] | None = None) -> dict[str, Any]:
+    """Run the matcher over `topic` of `in_bag`, write `out_bag`, return the summary.
+
+    `params` are node parameters (validated with the shared table; pipeline ones build the
+    Pipeline unless `pipeline` is given; on_stamp_backwards and max_input_pixels apply too).
+    `copy_topics` defaults to the input's CameraInfo topics.
+    """
+    started = time.perf_counter()
+    setup = prepare(in_bag, topic, params, output_topic=output_topic, storage=storage,
+                    copy_topics=copy_topics, ground_truth=ground_truth, pipeline=pipeline)
+    runner = setup.runner
+    errors: list[np.ndarray] = []
+    count = 0
+    with bags.BagWriter(out_bag, storage=setup.storage) as writer:
+        for name, msgtype in runner.output_topics.items():
+            writer.add_topic(name, msgtype)
+        connections: dict[str, Any] = {}
+        for message in bags.messages(in_bag, runner.input_topics + setup.copy_topics):
+            if message.topic in runner.input_topics:
+                for out in runner.process(bags.image_from_message(message, decode=False)):
+                    writer.write_fields(out.topic, out.log_time_ns, out.fields)
+                    count += 1
+                    score(out, setup.truth, runner.log[-1], errors)
+                if progress:
+                    progress(runner.log[-1])
+                continue
+            copy_message(writer, connections, message)
+
+    summary = summarise(runner.log, count, errors, summary_extra(setup, out_bag))
     summary["wall_s"] = round(time.perf_counter() - started, 3)
     return summary
 

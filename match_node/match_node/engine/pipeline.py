@@ -118,10 +118,7 @@ class Pipeline:
             log.info(self.textureless_note)
         self.budget = LatencyBudget(clock=self._clock)
         self._calibrated = False
-        self._refine_ms_per_match = 0.0
-        # Prior of matches per keypoint before any pair was seen (easy pairs reach 0.5-0.9):
-        # with exit_guard 0.5 a first exit is refused below 10% of the keypoints.
-        self._match_ratio = 0.2
+        self.reset_running_estimates()
         self._apply_runtime_params()
 
     @property
@@ -152,6 +149,15 @@ class Pipeline:
                 raise P.ParameterError(f"parameter '{name}' cannot change at run time")
         self.params = P.validate({**self.params, **changes}, scope="pipeline")
         self._apply_runtime_params()
+
+    def reset_running_estimates(self) -> None:
+        """Forget what earlier pairs taught (the exit guard's expected matches per keypoint,
+        refinement's cost per match): a stream over another recording starts as a freshly
+        built pipeline would (bags/batch.py reuses one pipeline for many bags)."""
+        self._refine_ms_per_match = 0.0
+        # Prior of matches per keypoint before any pair was seen (easy pairs reach 0.5-0.9):
+        # with exit_guard 0.5 a first exit is refused below 10% of the keypoints.
+        self._match_ratio = 0.2
 
     def _apply_runtime_params(self) -> None:
         p = self.params
