@@ -18,9 +18,11 @@ test: setup
 	$(ENV) && cd match_node && python -m pytest -q --timeout 900 test
 
 # CPU per-frame cost of every pipeline beside the official code and OpenCV (bench/results/cpu.md),
-# then the latency-budget benchmark (minutes on a CPU): results, plots and per-frame data to bench/results.
+# the CPU preset in the running node at 10 Hz (bench/results/node_rate.md), then the
+# latency-budget benchmark (minutes on a CPU): results, plots and per-frame data to bench/results.
 bench: setup
 	$(ENV) && python -m bench.cpu
+	$(ENV) && python -m bench.node_rate
 	$(ENV) && python -m bench.budget --frames 40
 	$(ENV) && python -m bench.budget --frames 30 --set detection_threshold=0 --set max_keypoints=1024 --tag _top1024
 
