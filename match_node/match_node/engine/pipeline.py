@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -483,13 +483,26 @@ class Pipeline:
                 self.refine_result(result, to_gray(image0), to_gray(image1))
             if not self.rescues(result):
                 return result
-        for path in self.textureless_chain:
-            if result is not None and not self.rescues(result):
-                break  # rich enough: the next path serves thin results only
-            other = self._match_pair_on(path, image0, image1)
-            if result is None or len(other) > len(result):
-                result = other
+        result, _ = self.richest(result, self.textureless_chain,
+                                 lambda path: self._match_pair_on(path, image0, image1))
         return result
+
+    def richest(self, best: MatchResult | None, paths: Iterable[str],
+                match: Callable[[str], MatchResult]) -> tuple[MatchResult, str | None]:
+        """matcher 'auto''s textureless chain, for single pairs and streams alike: go down
+        `paths` (preferred first), matching with `match(path)`, while the best result so far
+        is missing or too thin (`rescues`), and keep the one with the most matches. The
+        preferred path is always tried first: the fallback localises less precisely (about
+        2 px on blurred frames), so it serves only the frames the preferred path leaves thin.
+        Returns the best result and the path that produced it (None: `best` as given)."""
+        served = None
+        for path in paths:
+            if best is not None and not self.rescues(best):
+                break  # rich enough: the next path serves thin results only
+            other = match(path)
+            if best is None or len(other) > len(best):
+                best, served = other, path
+        return best, served
 
     def _match_pair_on(self, path: str, image0: np.ndarray, image1: np.ndarray) -> MatchResult:
         """One pair matched from scratch on textureless path `path` (refined if on)."""

@@ -152,13 +152,12 @@ class SequentialMatcher:
 
         if frame.matcher != self.pipeline.detector_matcher:  # the textureless state
             match_start = budget.clock()
-            result, counts = self._match_textureless(previous, frame, start)
+            result = self._match_textureless(previous, frame, start)
             if self._record is not None:  # its time is not the extractor's nor overhead
                 self._record.match_ms = budget.clock() - match_start
         else:
             result = self.pipeline.match_features(previous.features, frame.features,
                                                   hook=budget.deadline(start))
-            counts = (len(previous.features), len(frame.features))
             if self._record is not None:
                 self._record.match_ms = result.timings["match_ms"]
             if self.pipeline.refining:
@@ -167,15 +166,15 @@ class SequentialMatcher:
                 # Too thin to publish (typically the first textureless frame, before the
                 # switch): the textureless paths too, and the result with more matches.
                 match_start = budget.clock()
-                result, counts = self._match_textureless(previous, frame, start,
-                                                         (result, counts))
+                result = self._match_textureless(previous, frame, start, result)
                 if self._record is not None:
                     self._record.match_ms += budget.clock() - match_start
         if self.tracker.space != frame.matcher:
             # Another matcher's keypoints are other points: their tracks start afresh.
-            self.tracker.start(counts[0], space=frame.matcher)
+            self.tracker.start(result.num_keypoints0, space=frame.matcher)
             self.tracks_reset_pending = True
-        result.track_ids = self.tracker.update(counts[1], result.indices0, result.indices1)
+        result.track_ids = self.tracker.update(result.num_keypoints1, result.indices0,
+                                               result.indices1)
         reference_stamp = self.previous_stamp
         previous.image = None  # no longer needed: its features are cached where needed
         self.previous, self.previous_stamp = frame, stamp_ns
@@ -190,32 +189,23 @@ class SequentialMatcher:
         return event
 
     def _match_textureless(self, previous: Frame, frame: Frame, start: float,
-                           thin: tuple[MatchResult, tuple[int, int]] | None = None,
-                           ) -> tuple[MatchResult, tuple[int, int]]:
-        """Match the pair on matcher 'auto''s textureless paths (LoFTR, or SIFT on
-        contrast-normalised images, then the fallback while the best result is thinner than
-        `texture_min_matches`), computing what each frame lacks. `thin` is the keypoint
-        matcher's result when it left the pair too thin. The preferred path is always tried
-        first: the fallback localises less precisely (about 2 px on blurred frames), so it
-        serves only the frames the preferred path leaves thin, even if a scene alternates
-        (each change of path restarts tracks). Returns the result with the most
-        matches and the keypoint counts of both frames (the tracker's index spaces); sets
-        `frame.matcher` to what served it."""
+                           thin: MatchResult | None = None) -> MatchResult:
+        """Match the pair on matcher 'auto''s textureless paths (Pipeline.richest: LoFTR, or
+        SIFT on contrast-normalised images, then the fallback while the best result is
+        thinner than `texture_min_matches`), computing what each frame lacks. `thin` is the
+        keypoint matcher's result when it left the pair too thin. Sets `frame.matcher` to the
+        path whose result is returned (the one with the most matches); the result's keypoint
+        counts are the tracker's index spaces."""
         pipeline = self.pipeline
         # matcher 'loftr' does not switch: every frame is on LoFTR.
         chain = pipeline.textureless_chain if pipeline.mode.switches else (frame.matcher,)
-        best = thin
-        for path in chain:
-            if best is not None and not pipeline.rescues(best[0]):
-                break
-            other = self._match_on(path, previous, frame, start)
-            if best is None or len(other[0]) > len(best[0]):
-                best = other
-                frame.matcher = path
-        return best
+        result, served = pipeline.richest(
+            thin, chain, lambda path: self._match_on(path, previous, frame, start))
+        if served is not None:
+            frame.matcher = served
+        return result
 
-    def _match_on(self, path: str, previous: Frame, frame: Frame,
-                  start: float) -> tuple[MatchResult, tuple[int, int]]:
+    def _match_on(self, path: str, previous: Frame, frame: Frame, start: float) -> MatchResult:
         """The pair on one textureless path, refined when that is on and fits the budget."""
         pipeline = self.pipeline
         if path == TEXTURELESS_LOFTR:
@@ -223,8 +213,7 @@ class SequentialMatcher:
                 previous.loftr = pipeline.extract_loftr(previous.image)
             if frame.loftr is None:
                 frame.loftr = pipeline.extract_loftr(frame.image)
-            result = pipeline.match_loftr(previous.loftr, frame.loftr)
-            return result, (previous.loftr.num_cells, frame.loftr.num_cells)
+            return pipeline.match_loftr(previous.loftr, frame.loftr)
         for view in (previous, frame):
             if path not in view.path_features:
                 view.path_features[path] = pipeline.extract_on(path, view.image)
@@ -232,7 +221,7 @@ class SequentialMatcher:
         result = pipeline.match_on(path, features0, features1)
         if pipeline.refining:
             self._refine(previous, frame, result, start, path)
-        return result, (len(features0), len(features1))
+        return result
 
     def _refine(self, previous: Frame, frame: Frame, result: MatchResult, start: float,
                 path: str | None = None) -> None:
