@@ -13,11 +13,13 @@ import torch
 
 pytest.importorskip("ray")
 
-from match_node import messages, params as P  # noqa: E402
+from match_node import params as P  # noqa: E402
 from match_node.bags import batch, batch_worker, chunks, make as make_bag  # noqa: E402
 from match_node.bags import rosbag as bags  # noqa: E402
 from match_node.bags import offline  # noqa: E402
 from match_node.bags.offline import run_offline  # noqa: E402
+from test_offline import comparable  # noqa: E402
+from test_offline import correspondences as offline_messages  # noqa: E402
 
 TOPIC = make_bag.MONO_IMAGE
 PARAMS = {"device": "cpu", "max_keypoints": 256, "allow_download": False}
@@ -51,25 +53,9 @@ def sequential(inputs, tmp_path_factory):
             for bag in inputs}
 
 
-def comparable(msg) -> dict:
-    """Every field but the timings, arrays as (dtype, bytes): byte-identical values."""
-    out = {}
-    for name in msg.__dataclass_fields__:
-        if name in messages.TIMING_FIELDS or name == "__msgtype__":
-            continue
-        value = getattr(msg, name)
-        if isinstance(value, np.ndarray):
-            value = (str(value.dtype), value.tobytes())
-        elif hasattr(value, "__dataclass_fields__"):
-            value = repr(value)
-        out[name] = value
-    return out
-
-
 def correspondences(path) -> list[tuple[int, dict]]:
-    ts = bags.typestore_from_bag(path)
-    return [(m.log_time_ns, comparable(ts.deserialize_cdr(m.data, m.msgtype)))
-            for m in bags.messages(path, msgtypes=[messages.MSGTYPE])]
+    """(log time, every field but the timings) of each Correspondences message."""
+    return [(t, comparable(m)) for t, m in offline_messages(path)]
 
 
 def assert_same_bag(path, reference) -> None:

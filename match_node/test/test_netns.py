@@ -37,7 +37,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -47,6 +46,7 @@ pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (ru
 
 from match_node.bags import make as make_bag  # noqa: E402
 from match_node.bags import rosbag as bags  # noqa: E402
+from test_replay import Process  # noqa: E402
 
 FRAMES = 8
 SIZE = (320, 240)
@@ -139,44 +139,13 @@ class Network:
         self.made.clear()
 
 
-class Proc:
-    """A child process in its own session, its merged output collected by a thread."""
+class Proc(Process):
+    """test_replay's child process (own session, output collected), started with its own
+    environment, and stopped with its whole process group."""
 
     def __init__(self, command: list[str], env: dict[str, str], name: str) -> None:
+        super().__init__(command, env)
         self.name = name
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.output or self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert text in self.output, \
-            f"{self.name}: no {text!r} within {timeout:.0f} s:\n{self.output}"
-
-    def wait(self, timeout: float) -> int:
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise AssertionError(f"{self.name} did not end within {timeout:.0f} s:\n"
-                                 f"{self.output}") from None
-        self.reader.join(10)
-        return code
 
     def stop(self, timeout: float = 20.0) -> None:
         """Ctrl-C for the process group; killed if it does not end in time."""
@@ -293,7 +262,7 @@ def test_node_in_another_namespace_gets_every_frame(network, bag, tmp_path, disc
         sys.executable, "-m", "match_node.ros.replay", str(bag), "--as-fast-as-consumed",
         "--wait-topic", "/camera/correspondences", "--wait-subscribers", str(FRAME_TIMEOUT_S),
         "--timeout", str(FRAME_TIMEOUT_S), "--first-frame-wait", "2"], camera_env, "replay")
-    code = replay.wait((FRAMES + 2) * FRAME_TIMEOUT_S)
+    code = replay.finish((FRAMES + 2) * FRAME_TIMEOUT_S)
     assert code == 0, f"replay exited {code}:\n{replay.output}\nnode:\n{node.output}"
     done = json.loads(next(line for line in replay.lines
                            if line.startswith("[replay] done: ")).split(": ", 1)[1])

@@ -33,14 +33,14 @@ def correspondences(path):
 
 
 def comparable(msg) -> dict:
-    """Every field but the timings, arrays as lists."""
+    """Every field but the timings, arrays as (dtype, bytes): byte-identical values."""
     out = {}
     for name in msg.__dataclass_fields__:
         if name in messages.TIMING_FIELDS or name == "__msgtype__":
             continue
         value = getattr(msg, name)
         if isinstance(value, np.ndarray):
-            value = (str(value.dtype), value.tolist())
+            value = (str(value.dtype), value.tobytes())
         elif hasattr(value, "__dataclass_fields__"):
             value = repr(value)
         out[name] = value

@@ -182,9 +182,9 @@ class Process:
     """A replay (or node) process in its own session, its merged output collected by a
     thread, so the test can wait for a line and then signal it like a terminal's Ctrl-C."""
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
         self.lines: list[str] = []
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE,
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True,
                                         start_new_session=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -199,8 +199,11 @@ class Process:
         return "".join(self.lines)
 
     def wait_for(self, text: str, timeout: float = 60.0) -> None:
-        wait_until(lambda: text in self.output or self.process.poll() is not None, timeout,
-                   f"{text!r} in the output")
+        try:
+            wait_until(lambda: text in self.output or self.process.poll() is not None,
+                       timeout, f"{text!r} in the output")
+        except AssertionError as error:
+            raise AssertionError(f"{error}:\n{self.output}") from None
         assert text in self.output, self.output
 
     def interrupt(self, times: int = 1) -> None:
