@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from . import batch_worker as W
-from . import chunks, rosbag as bags
+from . import chunks, offline, rosbag as bags
 from .batch_driver import T0, Bag, Task, drive
 from .. import params as P
 
@@ -191,12 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("bags", nargs="*", help="input bags: paths or globs")
     parser.add_argument("--list", help="a file with one bag path or glob per line")
     parser.add_argument("--out-dir", required=True, help="directory of the output bags")
-    parser.add_argument("--topic", required=True, help="image topic (Image or CompressedImage)")
-    parser.add_argument("--output-topic", help="default: <camera namespace>/correspondences")
-    parser.add_argument("--config", help="parameter YAML (the node's config format)")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one parameter; repeatable")
-    parser.add_argument("--storage", choices=bags.STORAGES, help="default: each input's")
+    offline.add_run_arguments(parser, "each input's")
     parser.add_argument("--workers", type=int, help="worker processes (actors); default: "
                         "the local CPUs, or the cluster's CPUs / --cpus-per-worker")
     parser.add_argument("--address", help="join this Ray cluster (default: start one here)")
@@ -219,11 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..engine import families
     try:
-        values = P.load_yaml(args.config) if args.config else {}
-        values.update(P.parse_assignments(args.set))
-        families.validate(values)
+        values = offline.parameters_from(args)
         inputs = expand_bags(args.bags, args.list)
     except (P.ParameterError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -255,10 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     except P.ParameterError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    path = Path(args.summary or Path(args.out_dir) / SUMMARY_NAME)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(summary, indent=2))
+    path = offline.write_summary(args.summary or Path(args.out_dir) / SUMMARY_NAME, summary)
     for bag in summary["bags"]:
         print(f"[batch] {bag['state']:>7s} {bag['input']}: {bag['messages']} messages, "
               f"{bag['frames']} frames, {bag['retries']} retries"

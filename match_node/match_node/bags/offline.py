@@ -283,6 +283,35 @@ def _print_frame(record: FrameLog) -> None:
           f"{record.timings['total_ms']:7.0f}", flush=True)
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, storage_default: str) -> None:
+    """The options every bag runner takes: topics, parameters, output storage."""
+    parser.add_argument("--topic", required=True, help="image topic (Image or CompressedImage)")
+    parser.add_argument("--output-topic", help="default: <camera namespace>/correspondences")
+    parser.add_argument("--config", help="parameter YAML (the node's config format)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one parameter; repeatable")
+    parser.add_argument("--storage", choices=bags.STORAGES, help=f"default: {storage_default}")
+
+
+def parameters_from(args: argparse.Namespace) -> dict[str, Any]:
+    """--config and --set, validated (and whether extractor and matcher fit); raises
+    ParameterError or OSError."""
+    from ..engine import families
+    values = P.load_yaml(args.config) if args.config else {}
+    values.update(P.parse_assignments(args.set))
+    families.validate(values)
+    return values
+
+
+def write_summary(path: str | Path, summary: dict[str, Any]) -> Path:
+    """Write the JSON summary to `path` and print it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(summary, indent=2))
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m match_node.bags.offline", description=__doc__.split("\n\n")[0],
@@ -290,12 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Parameters (--set): " + ", ".join(s.name for s in P.PARAMETERS))
     parser.add_argument("in_bag", help="input bag (directory, or a .db3/.mcap file)")
     parser.add_argument("out_bag", help="output bag directory to create (must not exist)")
-    parser.add_argument("--topic", required=True, help="image topic (Image or CompressedImage)")
-    parser.add_argument("--output-topic", help="default: <camera namespace>/correspondences")
-    parser.add_argument("--config", help="parameter YAML (the node's config format)")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one parameter; repeatable")
-    parser.add_argument("--storage", choices=bags.STORAGES, help="default: the input's")
+    add_run_arguments(parser, "the input's")
     parser.add_argument("--copy", action="append", metavar="TOPIC",
                         help="topic to copy unchanged (repeatable; default: CameraInfo topics)")
     parser.add_argument("--ground-truth", default=GROUND_TRUTH_HOMOGRAPHY,
@@ -307,11 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..engine import families
     try:
-        values = P.load_yaml(args.config) if args.config else {}
-        values.update(P.parse_assignments(args.set))
-        families.validate(values)  # and whether extractor and matcher fit
+        values = parameters_from(args)
     except (P.ParameterError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -335,10 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     except (bags.BagError, P.ParameterError, WeightsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    path = Path(args.summary or str(Path(args.out_bag)).rstrip("/") + ".summary.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(summary, indent=2))
+    path = write_summary(args.summary or str(Path(args.out_bag)).rstrip("/") + ".summary.json",
+                         summary)
     precision = summary["precision_at_3px"]
     print(f"[offline] {summary['messages']} Correspondences messages for {summary['frames']} "
           f"frames, {summary['matches'].get('mean', 0):.0f} matches per frame"
