@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from match_node.groundtruth.planar import make_sequence, reprojection_errors  # noqa: E402
 from match_node.ros.conversions import msg_arrays, stamp_to_ns  # noqa: E402
-from match_node.ros.demo import node_command, to_image_msg  # noqa: E402
+from match_node.ros.demo import node_command, shut_down, to_image_msg  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "match_node" / "config"
 CORRECT_PX = 3.0
@@ -93,13 +92,7 @@ def run(args: argparse.Namespace) -> dict:
             while time.monotonic() < settle:
                 rclpy.spin_once(node, timeout_sec=0.05)
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        shut_down(node, process)
     return summarise(arrivals, published, paths, args)
 
 

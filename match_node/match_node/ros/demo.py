@@ -136,14 +136,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[demo] error: {error}", file=sys.stderr)
         status = 1
     finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        shut_down(node, process)
     return status
+
+
+def shut_down(node: Node, process: subprocess.Popen) -> None:
+    """Close our side, then stop the node's process like Ctrl-C (killed after 20 s)."""
+    node.destroy_node()
+    rclpy.try_shutdown()
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def summarise(received: list[Correspondences], sequence, stamps: list[int], output: Path) -> None:
