@@ -159,11 +159,12 @@ def run_batch(inputs: list[Path], out_dir: str | Path, topic: str,
     started_here = bool(tasks) and not ray.is_initialized()
     if started_here:
         start_ray(address, max(1, int(workers * cpus_per_worker)), quiet)
-    ready = None
+    ready = finished = None
     try:
         if tasks:
             ready = drive(plan, tasks, topic, values, options, workers, cpus_per_worker,
                            gpus_per_worker, threads, retries, quiet, kill_at)
+            finished = time.perf_counter()  # the last bag is written; Ray's shutdown is not work
     finally:
         if shutdown and started_here and ray.is_initialized():
             ray.shutdown()
@@ -171,8 +172,9 @@ def run_batch(inputs: list[Path], out_dir: str | Path, topic: str,
     frames = sum(b.frames for b in plan if b.state == "done")
     end = time.perf_counter()
     wall = end - started
-    # From the workers being ready (models loaded) to the end: the throughput that scales.
-    processing = end - ready if ready else 0.0
+    # From the workers being ready (models loaded) to the last bag written: the throughput
+    # that scales (Ray's start, the model loads and Ray's shutdown are fixed costs).
+    processing = finished - ready if ready and finished else 0.0
     return {"bags": [b.report() for b in plan], "out_dir": str(out_dir),
             "done": states.count("done"), "skipped": states.count("skipped"),
             "failed": states.count("failed"), "frames": frames,
