@@ -168,18 +168,25 @@ class FeatureSource:
         self.channels = sum(b.shape[1] for b in branches)
 
     def at_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised features at integer pixels (M x 2, x and y inside the image): M x C."""
+        """Normalised features at integer pixels (M x 2, x and y inside the image): M x C.
+
+        Each distinct pixel is computed once, in memory order: the descriptor head reads
+        overlapping pixels (neighbouring sample positions share corners), and reading the
+        maps in order instead of in keypoint order keeps the gathers in cache. The values are
+        those of a direct read, bit for bit (each pixel is computed on its own either way).
+        """
         pw, ph = self.padded_size
         # Pixel coordinates stay integer / fp32: fp16 holds integers exactly only up to 2048
         # and bf16 up to 256, so half-precision coordinates would index the wrong pixels.
-        xi = pixels[:, 0].long() + self.offset[0]
-        yi = pixels[:, 1].long() + self.offset[1]
+        linear = (pixels[:, 1].long() + self.offset[1]) * pw + pixels[:, 0].long() + self.offset[0]
+        unique, inverse = torch.unique(linear, sorted=True, return_inverse=True)
+        xi, yi = unique % pw, torch.div(unique, pw, rounding_mode="floor")
         x, y = xi.float(), yi.float()
         grid = torch.stack([2 * x / (pw - 1) - 1, 2 * y / (ph - 1) - 1], -1).view(1, -1, 1, 2)
         parts = []
         for branch in self.branches:
             if branch.shape[-2:] == (ph, pw):  # full resolution: plain indexing
-                parts.append(branch[0][:, yi, xi].t())
+                parts.append(branch[0].reshape(branch.shape[1], -1).index_select(1, unique).t())
             else:
                 # The low-resolution branches are sampled in fp32 (an fp16 grid is off by
                 # up to half a pixel at 2048 px); their values keep the branch's dtype.
@@ -187,7 +194,7 @@ class FeatureSource:
                     sampled = F.grid_sample(branch.float(), grid, mode="bilinear",
                                             align_corners=True).to(branch.dtype)
                 parts.append(sampled[0, :, :, 0].t())
-        return F.normalize(torch.cat(parts, 1), p=2, dim=1)
+        return F.normalize(torch.cat(parts, 1), p=2, dim=1)[inverse]
 
     def bilinear(self, positions: torch.Tensor) -> torch.Tensor:
         """Bilinear interpolation of the normalised map at M x 2 pixel positions, zero
@@ -196,13 +203,19 @@ class FeatureSource:
         base = positions.floor()
         frac = positions - base
         base = base.long()
-        result = None
-        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        corners = ((0, 0), (1, 0), (0, 1), (1, 1))
+        pixels, weights = [], []
+        for dx, dy in corners:
             px, py = base[:, 0] + dx, base[:, 1] + dy
             weight = (frac[:, 0] if dx else 1 - frac[:, 0]) * (frac[:, 1] if dy else 1 - frac[:, 1])
             inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
-            values = self.at_pixels(torch.stack([px.clamp(0, w - 1), py.clamp(0, h - 1)], 1))
-            term = values * (weight * inside)[:, None]
+            pixels.append(torch.stack([px.clamp(0, w - 1), py.clamp(0, h - 1)], 1))
+            weights.append(weight * inside)
+        # The four corners' pixels in one read (they overlap between neighbouring positions).
+        values = self.at_pixels(torch.cat(pixels)).view(len(corners), -1, self.channels)
+        result = None
+        for corner, weight in zip(values, weights):
+            term = corner * weight[:, None]
             result = term if result is None else result + term
         return result
 
