@@ -53,6 +53,40 @@ def test_openvino_reproduces_torch_keypoints_and_matches(cache):
     assert len(list(cache.glob("aliked-n16-*.xml"))) == 2
 
 
+def by_position(keypoints: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Keypoints (and rows of `others`) sorted by (x, y)."""
+    order = np.lexsort(keypoints.numpy().T.round(3))
+    return [keypoints[order], *(t[order] for t in others)]
+
+
+def match_pairs(result) -> set[tuple[float, ...]]:
+    return {tuple(row) for row in np.hstack([result.keypoints0, result.keypoints1]).round(3)}
+
+
+@pytest.mark.parametrize("matcher", ["lightglue", "nn"])
+def test_openvino_reproduces_torch_xfeat(cache, matcher):
+    """XFeat's dense part (backbone, heads) in OpenVINO: the same keypoints (to 1e-3 px) and
+    descriptors, and the same matches. Keypoints whose scores tie to ~1e-5 may come in
+    another order (the scores differ by float rounding), so both are compared by position;
+    one size is not a multiple of 32 (the resize is part of the compiled graph)."""
+    settings = {**SETTINGS, "extractor": "xfeat", "matcher": matcher, "refine": "none"}
+    torch_pipeline = Pipeline(settings)
+    ov_pipeline = Pipeline(settings, backend="openvino")
+    for photo, size in (("chelsea", (320, 240)), ("coffee", (350, 270))):
+        frames = make_sequence(photo, num_frames=3, size=size, step=6, seed=3).frames
+        for frame in frames:
+            e, a = torch_pipeline.extract(frame), ov_pipeline.extract(frame)
+            assert len(e) > 100 and len(a) == len(e)
+            expected = by_position(e.keypoints, e.descriptors)
+            actual = by_position(a.keypoints, a.descriptors)
+            torch.testing.assert_close(actual[0], expected[0], atol=PIXEL_TOLERANCE, rtol=0)
+            torch.testing.assert_close(actual[1], expected[1], atol=1e-4, rtol=0)
+        for e, a in zip(stream_results(torch_pipeline, frames), stream_results(ov_pipeline, frames)):
+            assert len(e) > 50 and match_pairs(a) == match_pairs(e)
+    assert ov_pipeline.extractor.dense_runner.compiles == 2
+    assert len(list(cache.glob("xfeat-*.xml"))) == 2
+
+
 def test_selu_is_rewritten_as_the_same_function_the_cpu_plugin_fuses():
     # SELU after a convolution, as in ALIKED: the rewritten graph has no Selu left and gives
     # the same outputs (a change of form, not of function).
@@ -109,7 +143,7 @@ def test_a_restart_reads_the_cached_conversion(cache):
 def test_impossible_backend_choices_are_refused_in_one_line():
     with pytest.raises(ParameterError, match="openvino.*CPU"):
         check_combined({"backend": "openvino", "device": "cuda"})
-    with pytest.raises(ParameterError, match="openvino.*aliked"):
+    with pytest.raises(ParameterError, match="openvino.*aliked.*xfeat"):
         check_combined({"backend": "openvino", "extractor": "superpoint"})
 
 

@@ -287,6 +287,6 @@ def dense_backend(backend: str, model: nn.Module, name: str, device: torch.devic
         raise BackendError(f"backend '{backend}' runs on the CPU, but device is {device}; use "
                            "backend 'torch' on a GPU")
     if not hasattr(model, "dense"):
-        raise BackendError(f"backend '{backend}' is available for the ALIKED extractors, not "
-                           f"for {name}")
+        raise BackendError(f"backend '{backend}' is available for the ALIKED and XFeat "
+                           f"extractors, not for {name}")
     return RUNNERS[backend](model, name, threads)

@@ -60,8 +60,8 @@ class ExtractorFamily:
     # Length of the descriptors the official weights produce (test_families checks it by
     # running each extractor with its official file): what a matcher's weights must take.
     descriptor_dim: int = 0
-    # Backends its dense encoder can run on (engine/backends.py): only ALIKED's `encode`
-    # is converted, since that is where a CPU spends the frame.
+    # Backends its dense part can run on (engine/backends.py): ALIKED's and XFeat's `dense`
+    # are converted, since that is where a CPU spends their extraction.
     backends: tuple[str, ...] = ("torch",)
 
     def model_class(self) -> type[nn.Module]:
@@ -123,7 +123,8 @@ EXTRACTOR_FAMILIES: dict[str, ExtractorFamily] = {
     "disk": ExtractorFamily("disk", "disk", "DISK", {}, "disk-depth", "disk", descriptor_dim=128),
     "sift": ExtractorFamily("sift", "sift", "SIFT", {}, None, "sift", descriptor_dim=128),
     "xfeat": ExtractorFamily("xfeat", "xfeat", "XFeat", {}, "xfeat", "xfeat",
-                             lightglue_matcher="lighterglue", descriptor_dim=64),
+                             lightglue_matcher="lighterglue", descriptor_dim=64,
+                             backends=("torch", "openvino")),
 }
 
 

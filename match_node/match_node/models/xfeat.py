@@ -158,6 +158,9 @@ class XFeat(nn.Module):
             mlp += [nn.Linear(in_features, 512), nn.BatchNorm1d(512, affine=False),
                     nn.ReLU(inplace=True)]
         self.fine_matcher = nn.Sequential(*mlp, nn.Linear(512, 64))
+        # Where `dense` runs: None for this module in PyTorch, or a callable with the same
+        # input and outputs (a compiled inference-engine model; engine/backends.py).
+        self.dense_runner: Any = None
 
     # --- dense maps -------------------------------------------------------------------------
     def working_size(self, height: int, width: int) -> tuple[int, int]:
@@ -199,6 +202,11 @@ class XFeat(nn.Module):
         heatmap = F.pixel_shuffle(probabilities, self.cell)
         return F.normalize(features, dim=1), heatmap, reliability
 
+    def dense(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """`dense_maps` as a list: the part an inference engine compiles (fixed shapes per
+        image size; peak finding and sampling, which have data-dependent shapes, stay here)."""
+        return list(self.dense_maps(image))
+
     # --- sparse extraction ------------------------------------------------------------------
     def forward(self, image: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         """Detect and describe. image: Bx3xHxW (or Bx1xHxW) in [0, 1].
@@ -208,7 +216,7 @@ class XFeat(nn.Module):
         descriptors (N x 64, unit norm).
         """
         height, width = image.shape[-2:]
-        descriptors_map, heatmap, reliability = self.dense_maps(image)
+        descriptors_map, heatmap, reliability = (self.dense_runner or self.dense)(image)
         work_h, work_w = heatmap.shape[-2:]
         size = (work_w, work_h)
         radius = int(self.conf["nms_radius"])
