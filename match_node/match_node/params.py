@@ -114,10 +114,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "'fp16'. LayerNorm, softmax and the log-assignment always run in fp32.",
               choices=("auto", "fp32", "fp16")),
     ParamSpec("backend", "torch",
-              "Where the extractor's dense encoder runs: 'torch', 'openvino' or 'onnxruntime' "
-              "(CPU only, ALIKED extractors; compiled or exported once per image size and "
-              "cached on disk, outputs equal to torch's; openvino about 2x faster on a CPU, "
-              "see bench/results/cpu.md).",
+              "Where the extractor's dense part runs: 'torch', 'openvino' (CPU; ALIKED and "
+              "XFeat) or 'onnxruntime' (CPU; ALIKED). Compiled or exported once per image "
+              "size and cached on disk, outputs equal to torch's; see bench/results/cpu.md.",
               choices=("torch", "openvino", "onnxruntime")),
     # --- extractor --------------------------------------------------------------------------
     ParamSpec("extractor", "aliked-n16",

@@ -9,7 +9,10 @@ import torch
 from match_node import Pipeline, SequentialMatcher
 from match_node.engine import backends
 from match_node.engine.families import check_combined
-from match_node.groundtruth.planar import make_sequence
+from pathlib import Path
+
+from match_node import params as P
+from match_node.groundtruth.planar import make_sequence, reprojection_errors
 from match_node.params import ParameterError
 
 pytest.importorskip("openvino")  # in requirements.txt; the skip only serves partial installs
@@ -85,6 +88,26 @@ def test_openvino_reproduces_torch_xfeat(cache, matcher):
             assert len(e) > 50 and match_pairs(a) == match_pairs(e)
     assert ov_pipeline.extractor.dense_runner.compiles == 2
     assert len(list(cache.glob("xfeat-*.xml"))) == 2
+
+
+def test_the_cpu_realtime_preset_runs_xfeat_in_openvino(cache):
+    """config/cpu_realtime.yaml as the node reads it: valid, XFeat's network compiled with
+    OpenVINO, and precise matches along a real sequence (the preset's precision is measured
+    by bench.cpu and bench.node_rate; 0.9 at 3 px here is a floor for 3 small frames)."""
+    config = Path(__file__).resolve().parents[1] / "config" / "cpu_realtime.yaml"
+    values = P.validate({**P.load_yaml(config), "device": "cpu", "allow_download": False})
+    assert values["backend"] == "openvino" and values["extractor"] == "xfeat"
+    assert values["latency_budget_ms"] > 0
+    # Without its budget: what the budget does depends on this machine's speed.
+    values["latency_budget_ms"] = 0.0
+    pipeline = Pipeline({k: v for k, v in values.items() if P.SPECS[k].scope == "pipeline"})
+    assert isinstance(pipeline.extractor.dense_runner, backends.OpenVinoDense)
+    sequence = make_sequence("astronaut", num_frames=3, size=(320, 240), step=6, seed=5)
+    for index, result in enumerate(stream_results(pipeline, sequence.frames), start=1):
+        errors = reprojection_errors(sequence.relative(index - 1, index), result.keypoints0,
+                                     result.keypoints1)
+        assert len(result) >= 50 and (errors < 3).mean() >= 0.9
+    assert pipeline.extractor.dense_runner.compiles == 1
 
 
 def test_selu_is_rewritten_as_the_same_function_the_cpu_plugin_fuses():
