@@ -49,7 +49,7 @@ def main() -> None:
                     k0, k1 = result.keypoints0, result.keypoints1
                     if method != "none" and len(k0):
                         start = time.perf_counter()
-                        k1, flags = refine_matches(method, gray0, gray1, k0, k1)
+                        k1, flags, _ = refine_matches(method, gray0, gray1, k0, k1)
                         ms.append((time.perf_counter() - start) * 1e3)
                         refined.append(flags.mean())
                     e = reprojection_errors(pair["homography"], k0, k1)

@@ -182,6 +182,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "translation only) or 'none'. Matches that do not converge keep their position "
               "and are flagged; the latency budget skips it when time is short.",
               choices=("none", "patch", "lk"), read_only=False),
+    ParamSpec("refine_outliers", "drop",
+              "Matches the refinement places 2 px or more (its search range) from where they "
+              "were matched: 'drop' removes them (measured on real pairs: such matches are "
+              "off by ~2.5 px, median, and bias a pose or homography fit), 'keep' publishes "
+              "them at their matched position, flagged not refined. Applies to the "
+              "extractor's matches; the textureless paths of matcher 'auto' keep theirs "
+              "(blurred frames align less reliably, and XFeat localises to ~2 px).",
+              choices=("drop", "keep"), read_only=False),
     ParamSpec("superglue_model", "indoor",
               "SuperGlue weights the matcher_weights file is (superglue_indoor.pth or "
               "superglue_outdoor.pth; same architecture).", choices=SUPERGLUE_MODELS),

@@ -33,7 +33,7 @@ def scene():
 def test_patch_refinement_recovers_sub_pixel_positions(scene):
     gray0, gray1, keypoints0, noisy = scene
     before = reprojection_errors(HOMOGRAPHY, keypoints0, noisy)
-    refined_points, refined = refine_patch(gray0, gray1, keypoints0, noisy)
+    refined_points, refined, _ = refine_patch(gray0, gray1, keypoints0, noisy)
     after = reprojection_errors(HOMOGRAPHY, keypoints0, refined_points)
     # Measured: 96% refined, median error 0.93 px -> 0.02 px.
     assert len(keypoints0) > 150 and refined.mean() > 0.85
@@ -45,8 +45,8 @@ def test_patch_refinement_recovers_sub_pixel_positions(scene):
 
 def test_lk_is_the_cheaper_translation_only_method(scene):
     gray0, gray1, keypoints0, noisy = scene
-    lk_points, lk_refined = refine_lk(gray0, gray1, keypoints0, noisy)
-    patch_points, _ = refine_patch(gray0, gray1, keypoints0, noisy)
+    lk_points, lk_refined, _ = refine_lk(gray0, gray1, keypoints0, noisy)
+    patch_points, _, _ = refine_patch(gray0, gray1, keypoints0, noisy)
     lk_error = reprojection_errors(HOMOGRAPHY, keypoints0, lk_points)[lk_refined]
     patch_error = reprojection_errors(HOMOGRAPHY, keypoints0, patch_points)[lk_refined]
     # Measured: from a median of 0.93 px, LK reaches 0.46 px under the 10 degree rotation
@@ -59,13 +59,13 @@ def test_never_moves_more_than_the_limit_and_flat_patches_stay(scene):
     gray0, gray1, keypoints0, noisy = scene
     rng = np.random.default_rng(1)
     wrong = rng.uniform([20, 20], [460, 300], noisy.shape).astype(np.float32)  # outliers
-    moved, refined = refine_patch(gray0, gray1, keypoints0, wrong, max_shift=2.0)
+    moved, refined, off = refine_patch(gray0, gray1, keypoints0, wrong, max_shift=2.0)
     assert np.all(np.linalg.norm(moved - wrong, axis=1) < 2.0)
     assert refined.mean() < 0.3  # most outliers find no aligned patch within 2 px
     blank = np.full_like(gray0, 0.5)
-    still, refined = refine_patch(blank, blank, keypoints0, noisy)
+    still, refined, _ = refine_patch(blank, blank, keypoints0, noisy)
     assert not refined.any() and np.array_equal(still, noisy)
-    empty, flags = refine_patch(gray0, gray1, np.zeros((0, 2)), np.zeros((0, 2)))
+    empty, flags, _ = refine_patch(gray0, gray1, np.zeros((0, 2)), np.zeros((0, 2)))
     assert empty.shape == (0, 2) and flags.shape == (0,)
 
 
@@ -97,3 +97,38 @@ def test_budget_skips_refinement_when_time_is_short():
     pipeline.budget.configure(50.0, 95.0, 64, 128, 320, 1024, 3)
     now = pipeline.budget.clock()
     assert pipeline.refine_fits(10, now) and not pipeline.refine_fits(100, now)
+
+
+def test_matches_displaced_beyond_the_search_range_are_found_off(scene):
+    gray0, gray1, keypoints0, noisy = scene
+    truth = cv2.perspectiveTransform(keypoints0[None].astype(np.float64), HOMOGRAPHY)[0]
+    rng = np.random.default_rng(2)
+    angle = rng.uniform(0, 2 * np.pi, len(truth))
+    displaced = (truth + 2.6 * np.stack([np.cos(angle), np.sin(angle)], 1)).astype(np.float32)
+    _, refined, off = refine_patch(gray0, gray1, keypoints0, displaced, max_shift=2.0)
+    # Measured: 2.6 px from the truth, the alignment walks back towards it (the patch is
+    # found >= 2 px away) for most; none of them is accepted as refined.
+    assert off.mean() > 0.6 and not (refined & off).any()
+    _, refined, off = refine_patch(gray0, gray1, keypoints0, noisy, max_shift=2.0)
+    assert off.mean() < 0.02 and refined.mean() > 0.85  # within 1.2 px: refined, not off
+
+
+@pytest.mark.parametrize("method", ["patch", "lk"])
+def test_refine_outliers_drop_removes_exactly_the_matches_found_off(scene, method):
+    from match_node import Pipeline
+    photo = np.ascontiguousarray(load_photo("astronaut")[:320, :480])
+    image1 = warp(photo, HOMOGRAPHY)
+    settings = dict(device="cpu", max_keypoints=512, allow_download=False, refine=method)
+    kept = Pipeline(settings, refine_outliers="keep").match(photo, image1)
+    dropped = Pipeline(settings, refine_outliers="drop").match(photo, image1)
+    pairs = set(zip(dropped.indices0.tolist(), dropped.indices1.tolist()))
+    remaining = np.array([pair in pairs for pair in zip(kept.indices0.tolist(),
+                                                        kept.indices1.tolist())])
+    # 'drop' removes matches and changes nothing else.
+    assert remaining.sum() == len(dropped) and 0 < len(dropped) < len(kept)
+    assert not kept.refined[~remaining].any()  # with 'keep' they are published unrefined
+    errors = reprojection_errors(HOMOGRAPHY, kept.keypoints0, kept.keypoints1)
+    # The dropped matches are the imprecise ones: well over a pixel off, where the rest are
+    # at a few hundredths (patch) or tenths (lk: translation only, under a 10 degree
+    # rotation) of a pixel.
+    assert np.median(errors[~remaining]) > max(1.5, 2 * np.median(errors[remaining]))

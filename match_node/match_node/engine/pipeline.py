@@ -33,7 +33,7 @@ from ..models.lightglue import LayerHook, MatchOutput
 from .refine import refine_matches, to_gray
 from .texture import (TEXTURELESS_LOFTR, MatcherSwitch, Texture,
                       contrast_normalise, epipolar_inliers, measure_texture)
-from .results import Features, LoftrFeatures, MatchResult
+from .results import Features, LoftrFeatures, MatchResult, filter_result
 
 if TYPE_CHECKING:
     from ..models.loftr import LoFTR
@@ -415,19 +415,30 @@ class Pipeline:
     def refining(self) -> bool:
         return self.params["refine"] != "none"
 
-    def refine_result(self, result: MatchResult, gray0: np.ndarray, gray1: np.ndarray) -> None:
+    def refine_result(self, result: MatchResult, gray0: np.ndarray, gray1: np.ndarray,
+                      drop_off: bool = True) -> None:
         """Refine `result`'s current keypoints in place (see refine.py): keypoints1, the
-        refined flags, timings refine_ms and total_ms."""
+        refined flags, timings refine_ms and total_ms. With `refine_outliers: drop` and
+        `drop_off`, the matches the refinement found off by its search range or more are
+        removed. The textureless paths pass drop_off=False, so theirs stay, flagged not
+        refined: between a sharp and a blurred frame the alignment is not reliable enough to
+        reject a match (on a stream textured -> defocused, half of the SIFT path's matches
+        found off were within 3 px, and 31 matches became 14), and XFeat's fallback matches
+        are ~2 px off by design (165 became 18 on a defocused frame)."""
         start = time.perf_counter()
-        keypoints1, refined = refine_matches(self.params["refine"], gray0, gray1,
-                                             result.keypoints0, result.keypoints1)
+        keypoints1, refined, off = refine_matches(self.params["refine"], gray0, gray1,
+                                                  result.keypoints0, result.keypoints1)
         elapsed = (time.perf_counter() - start) * 1e3
         result.keypoints1 = keypoints1.astype(np.float32)
         result.refined = refined.astype(np.uint8)
+        refined_count = len(result)
+        if drop_off and self.params["refine_outliers"] == "drop" and off.any():
+            filter_result(result, ~off)
+            result.off_dropped += int(off.sum())
         result.timings["refine_ms"] = elapsed
         result.timings["total_ms"] += elapsed
-        if len(result):
-            per_match = elapsed / len(result)
+        if refined_count:
+            per_match = elapsed / refined_count
             self._refine_ms_per_match = (per_match if self._refine_ms_per_match == 0
                                          else 0.8 * self._refine_ms_per_match + 0.2 * per_match)
 
@@ -459,8 +470,10 @@ class Pipeline:
         keypoint-matcher result this covers the first textureless frames, before the switch
         has seen `texture_switch_frames` of them, and frames whose texture measure is fooled;
         for a textureless path's result, surfaces it finds almost nothing on."""
+        # Counted before refine_outliers drops matches: a path's few imprecise matches are
+        # not a reason to try the next, less precise one.
         return (self.textureless_path is not None
-                and len(result) < self.params["texture_min_matches"])
+                and result.found < self.params["texture_min_matches"])
 
     def match(self, image0: np.ndarray, image1: np.ndarray) -> MatchResult:
         """Extract both images and match them (image 0 is the reference).
@@ -500,7 +513,7 @@ class Pipeline:
             if best is not None and not self.rescues(best):
                 break  # rich enough: the next path serves thin results only
             other = match(path)
-            if best is None or len(other) > len(best):
+            if best is None or other.found > best.found:
                 best, served = other, path
         return best, served
 
@@ -512,7 +525,7 @@ class Pipeline:
         features0, features1 = self.extract_on(path, image0), self.extract_on(path, image1)
         result = _count_reference(self.match_on(path, features0, features1), features0)
         if self.refining:
-            self.refine_result(result, to_gray(image0), to_gray(image1))
+            self.refine_result(result, to_gray(image0), to_gray(image1), drop_off=False)
         return result
 
 

@@ -63,9 +63,27 @@ class MatchResult:
     latency_budget_ms: float = 0.0
     keypoint_cap: int = 0               # cap used for image 1's extraction
     extraction_scale: float = 1.0       # image 1's working size / original size
+    off_dropped: int = 0                # matches refine_outliers 'drop' removed (found off)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    @property
+    def found(self) -> int:
+        """Matches the matcher found, before refinement dropped those it found off: what
+        says whether a path found the scene's correspondences (matcher 'auto')."""
+        return len(self) + self.off_dropped
+
+
+def filter_result(result: MatchResult, keep: np.ndarray) -> MatchResult:
+    """`result` restricted to the matches in `keep` (a boolean mask), in place."""
+    for name in ("keypoints0", "keypoints1", "scores", "indices0", "indices1"):
+        setattr(result, name, getattr(result, name)[keep])
+    if len(result.track_ids) == len(keep):
+        result.track_ids = result.track_ids[keep]
+    if len(result.refined) == len(keep):
+        result.refined = result.refined[keep]
+    return result
 
 
 @dataclass

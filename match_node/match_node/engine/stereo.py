@@ -19,7 +19,7 @@ import numpy as np
 
 from .image import ImageError
 from .pipeline import Pipeline
-from .results import MatchResult, StreamEvent
+from .results import MatchResult, StreamEvent, filter_result
 from .stream import SequentialMatcher
 
 T = TypeVar("T")
@@ -33,17 +33,6 @@ def epipolar_mask(left_xy: np.ndarray, right_xy: np.ndarray, tolerance_px: float
         return np.zeros(0, dtype=bool)
     same_row = np.abs(left_xy[:, 1] - right_xy[:, 1]) <= tolerance_px
     return same_row & (left_xy[:, 0] - right_xy[:, 0] > min_disparity)
-
-
-def filter_result(result: MatchResult, keep: np.ndarray) -> MatchResult:
-    """`result` restricted to the matches in `keep` (a boolean mask), in place."""
-    for name in ("keypoints0", "keypoints1", "scores", "indices0", "indices1"):
-        setattr(result, name, getattr(result, name)[keep])
-    if len(result.track_ids) == len(keep):
-        result.track_ids = result.track_ids[keep]
-    if len(result.refined) == len(keep):
-        result.refined = result.refined[keep]
-    return result
 
 
 @dataclass
