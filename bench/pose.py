@@ -59,6 +59,8 @@ def method_table(args: argparse.Namespace) -> list[Method]:
                     lambda refine=refine, guard=guard: ours(base, refine=refine, exit_guard=guard))
              for refine in ("none", "patch") for guard in (0.0, 0.5)]
     table += [
+        Method("ALIKED+LightGlue (ours) refine patch, exit_guard 0.5, refine_outliers keep",
+               lambda: ours(base, refine="patch", exit_guard=0.5, refine_outliers="keep")),
         Method("ALIKED+LightGlue (official)", lambda: official_matcher("aliked", args.device)),
         Method("DISK+LightGlue (ours) refine patch, exit_guard 0.5",
                lambda: ours(base, extractor="disk", refine="patch", exit_guard=0.5)),
