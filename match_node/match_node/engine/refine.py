@@ -84,7 +84,7 @@ def refine_patch(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
                  neighbours: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Affine-aware patch alignment (see the module doc). Returns the refined current
     keypoints (K x 2; unrefined ones unchanged), the mask of refined matches and the mask of
-    matches found off: the alignment moved them `max_shift` px or more (see `off_matches`)."""
+    matches found off: the alignment moved them `max_shift` px or more (see refine_matches)."""
     k0 = np.asarray(keypoints0, np.float32).reshape(-1, 2)
     k1 = np.asarray(keypoints1, np.float32).reshape(-1, 2)
     if len(k0) == 0:
