@@ -21,6 +21,32 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 
+def spin_in_background(executor) -> threading.Thread:
+    """Spin `executor` on a daemon thread; stop it with `stop_spinning`."""
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_spinning(executor, thread: threading.Thread, *nodes, timeout: float = 10.0) -> None:
+    """Shut `executor` down, wait for its spin thread to leave, then destroy `nodes`.
+
+    Why the order: destroying a node while another thread still spins over it was seen to hang
+    a CI run for good: Fast DDS's participant teardown spun inside `rmw_destroy_node` holding the
+    GIL, so not even pytest-timeout's signal could fire. If the thread does not leave in time the
+    nodes are left to process exit rather than destroyed under a running executor.
+    """
+    executor.shutdown()
+    thread.join(timeout)
+    if thread.is_alive():
+        import warnings
+        warnings.warn(f"the spin thread did not stop within {timeout:.0f} s; "
+                      f"{len(nodes)} node(s) left to process exit", RuntimeWarning)
+        return
+    for node in nodes:
+        node.destroy_node()
+
+
 def image_msg(image: np.ndarray, stamp_ns: int, frame_id: str = "camera",
               encoding: str = "bgr8", row_padding: int = 0) -> Image:
     """An Image message from an RGB array, in `encoding`, with optional row padding."""
@@ -58,8 +84,7 @@ class Harness:
             DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.executor = MultiThreadedExecutor()
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.thread = spin_in_background(self.executor)
 
     def _on_result(self, msg) -> None:
         with self._lock:
@@ -86,8 +111,7 @@ class Harness:
         time.sleep(0.5)
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
+        stop_spinning(self.executor, self.thread, self.node)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -13,7 +13,8 @@ import pytest
 
 pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (run scripts/setup.sh)")
 
-from rosutil import Harness, image_msg, stop_process, wait_until  # noqa: E402  (sets the DDS domain)
+from rosutil import (Harness, image_msg, spin_in_background, stop_process,  # noqa: E402
+                     stop_spinning, wait_until)  # (sets the DDS domain)  # noqa: E402  (sets the DDS domain)
 
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -108,16 +109,12 @@ def node_factory(ros):
                          parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
         executor = MultiThreadedExecutor()
         executor.add_node(node)
-        import threading
-        thread = threading.Thread(target=executor.spin, daemon=True)
-        thread.start()
-        created.append((node, executor))
+        created.append((node, executor, spin_in_background(executor)))
         return node
 
     yield make
-    for node, executor in created:
-        executor.shutdown()
-        node.destroy_node()
+    for node, executor, thread in created:
+        stop_spinning(executor, thread, node)
 
 
 def published_after(harness, node, before: int, timeout: float = 60) -> None:

@@ -4,7 +4,6 @@ compressed image that declares a huge one, a malformed header stamp, a far-futur
 from __future__ import annotations
 
 import os
-import threading
 
 import cv2
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (run scripts/setup.sh)")
 
-from rosutil import Harness, wait_until  # noqa: E402  (sets the DDS domain)
+from rosutil import Harness, spin_in_background, stop_spinning, wait_until  # noqa: E402  (sets the DDS domain)
 
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -46,14 +45,12 @@ def make_node(ros):
                          parameter_overrides=[Parameter(k, value=v) for k, v in parameters.items()])
         executor = MultiThreadedExecutor()
         executor.add_node(node)
-        threading.Thread(target=executor.spin, daemon=True).start()
-        created.append((node, executor))
+        created.append((node, executor, spin_in_background(executor)))
         return node
 
     yield make
-    for node, executor in created:
-        executor.shutdown()
-        node.destroy_node()
+    for node, executor, thread in created:
+        stop_spinning(executor, thread, node)
 
 
 def compressed(data: bytes, stamp_ns: int, nanosec: int | None = None) -> CompressedImage:

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (run scripts/setup.sh)")
 
-from rosutil import wait_until  # noqa: E402  (sets the DDS domain)
+from rosutil import spin_in_background, stop_spinning, wait_until  # noqa: E402  (sets the DDS domain)
 from test_node import node_command  # noqa: E402
 
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -50,8 +50,7 @@ class Collector:
             for t, (kind, qos) in topics.items()}
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.thread = spin_in_background(self.executor)
 
     def _on(self, topic: str, data: bytes) -> None:
         with self._lock:
@@ -62,8 +61,7 @@ class Collector:
             return len(self.received[topic])
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
+        stop_spinning(self.executor, self.thread, self.node)
 
 
 def done_line(output: str) -> dict:

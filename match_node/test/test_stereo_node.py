@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import cv2
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 
 pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (run scripts/setup.sh)")
 
-from rosutil import image_msg, wait_until  # noqa: E402  (sets the DDS domain)
+from rosutil import image_msg, spin_in_background, stop_spinning, wait_until  # noqa: E402  (sets the DDS domain)
 
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -44,8 +43,7 @@ def test_stereo_node_publishes_stereo_and_temporal(ros, middlebury):
     executor.add_node(node)
     harness = Node(f"stereo_harness_{os.getpid()}")
     executor.add_node(harness)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
+    thread = spin_in_background(executor)
     received = {"stereo": [], "temporal": []}
     for kind in received:
         harness.create_subscription(Correspondences, f"{ns}/correspondences/{kind}",
@@ -96,9 +94,7 @@ def test_stereo_node_publishes_stereo_and_temporal(ros, middlebury):
         # Stereo ids continue as temporal tracks: most temporal ids were born in stereo.
         assert len(set(temporal.track_id) & set(first.track_id)) > 50
     finally:
-        executor.shutdown()
-        harness.destroy_node()
-        node.destroy_node()
+        stop_spinning(executor, thread, harness, node)
 
 
 class _Stop(BaseException):

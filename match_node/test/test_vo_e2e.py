@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 
 pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (run scripts/setup.sh)")
 
-from rosutil import stop_process, wait_until  # noqa: E402  (sets the DDS domain)
+from rosutil import spin_in_background, stop_process, stop_spinning, wait_until  # noqa: E402  (sets the DDS domain)
 from test_node import node_command  # noqa: E402
 
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -70,8 +69,7 @@ def test_replay_node_vo_against_ground_truth(ros, scene_bag):
                                    "-r", "camera_info:=/camera/camera_info"])
     executor = SingleThreadedExecutor()
     executor.add_node(consumer)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = spin_in_background(executor)
     try:
         replay = subprocess.run(
             [sys.executable, "-m", "match_node.ros.replay", str(scene_bag), "--as-fast-as-consumed",
@@ -82,8 +80,7 @@ def test_replay_node_vo_against_ground_truth(ros, scene_bag):
         assert summary, summary
         wait_until(lambda: len(consumer.estimates) == FRAMES - 1, 60, "a pose per frame")
     finally:
-        executor.shutdown()
-        consumer.destroy_node()
+        stop_spinning(executor, spinner, consumer)
         stop_process(node)
 
     poses = ground_truth(scene_bag)
@@ -142,7 +139,7 @@ def test_stereo_replay_gives_metric_scale(ros, stereo_bag):
         "-r", "right/camera_info:=/stereo/right/camera_info"])
     executor = SingleThreadedExecutor()
     executor.add_node(consumer)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = spin_in_background(executor)
     try:
         replay = subprocess.run(
             [sys.executable, "-m", "match_node.ros.replay", str(stereo_bag),
@@ -152,8 +149,7 @@ def test_stereo_replay_gives_metric_scale(ros, stereo_bag):
         assert replay.returncode == 0, replay.stdout + replay.stderr
         wait_until(lambda: len(consumer.estimates) == FRAMES - 1, 60, "a pose per frame")
     finally:
-        executor.shutdown()
-        consumer.destroy_node()
+        stop_spinning(executor, spinner, consumer)
         stop_process(node)
 
     poses = ground_truth(stereo_bag)
