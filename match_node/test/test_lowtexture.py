@@ -12,7 +12,7 @@ from match_node.groundtruth.lowtexture import (FRAME_KINDS, KINDS, degrade_frame
                                    view_pair)
 from match_node.groundtruth.planar import make_sequence, reprojection_errors
 from match_node.engine.texture import (TEXTURELESS_SIFT, TEXTURELESS_XFEAT, contrast_normalise,
-                                       epipolar_inliers, measure_texture)
+                                       epipolar_agreement, epipolar_inliers, measure_texture)
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "match_node.yaml"
 
@@ -115,6 +115,35 @@ def test_contrast_normalise_and_epipolar_inliers():
     keep = epipolar_inliers(k0, k1)
     assert keep[40:].mean() > 0.95 and keep[:40].mean() < 0.2
     assert epipolar_inliers(k0[:10], k1[:10]).all()  # too few to check: all kept
+
+
+def two_views(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Projections of `count` random points of a deep (non-planar) scene into two cameras
+    that move sideways, up and forwards and turn a little: a well-defined epipolar geometry."""
+    K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    points = np.c_[rng.uniform(-3, 3, count), rng.uniform(-2, 2, count), rng.uniform(4, 12, count)]
+    rotation, _ = cv2.Rodrigues(np.array([0.02, -0.05, 0.03]))
+    moved = points @ rotation.T + np.array([0.4, 0.25, 0.3])
+    project = lambda p: (p @ K.T)[:, :2] / p[:, 2:3]  # noqa: E731
+    return project(points), project(moved)
+
+
+def test_epipolar_agreement_tells_matches_a_reference_supports():
+    """Against the geometry of 40 correct reference matches, correct matches agree and matches
+    displaced by a 'period' (60-100 px in any direction) mostly do not; a reference too thin
+    to fit says nothing."""
+    rng = np.random.default_rng(1)
+    reference0, reference1 = two_views(rng, 40)
+    reference1 += rng.normal(0, 0.5, reference1.shape)
+    k0, k1 = two_views(np.random.default_rng(2), 200)
+    angle = rng.uniform(0, 2 * np.pi, 200)
+    wrong = k1 + rng.uniform(60, 100, (200, 1)) * np.c_[np.cos(angle), np.sin(angle)]
+    assert epipolar_agreement(reference0, reference1, k0, k1) > 0.97
+    assert epipolar_agreement(reference0, reference1, k0, wrong) < 0.15
+    mixed = np.r_[k1[:60], wrong[60:]]  # 30% correct, like SIFT on a tiled surface
+    assert 0.25 < epipolar_agreement(reference0, reference1, k0, mixed) < 0.45
+    assert epipolar_agreement(reference0[:19], reference1[:19], k0, k1) is None
+    assert epipolar_agreement(reference0, reference1, k0[:0], k1[:0]) is None
 
 
 def test_texture_thresholds_follow_the_cap_and_the_resolution():
@@ -273,6 +302,54 @@ def test_stream_uses_the_fallback_only_where_the_textureless_path_is_thin(shippe
     assert stream.switch.switches == 2
     assert TEXTURELESS_XFEAT in served and TEXTURELESS_SIFT in served
     assert served[0] == served[-1] == "aliked-n16+lightglue"
+
+
+def test_lightglue_overrules_a_textureless_result_it_contradicts(shipped):
+    """A repetitive tiled surface (held-out photo 'clock'): the texture measure calls it
+    textureless, and SIFT's nearest neighbours pick the wrong periods (28 matches, 4 correct,
+    homography off by 150 px); LightGlue, run on the same keypoints, finds 23 correct matches,
+    which contradict SIFT's, so they are published. With textureless_verify off, SIFT's are."""
+    pair = make_pair("clock", "repetitive", seed=0, size=(640, 480))
+
+    def served(result):
+        errors = reprojection_errors(pair.homography, result.keypoints0.astype(float),
+                                     result.keypoints1.astype(float))
+        return (result.extractor, result.matcher), float(np.mean(errors < 3))
+
+    path, precision = served(shipped.match(pair.image0, pair.image1))
+    assert path == ("aliked-n16", "lightglue") and precision >= 0.95
+    try:
+        shipped.update(textureless_verify=False)
+        unchecked, unchecked_precision = served(shipped.match(pair.image0, pair.image1))
+    finally:
+        shipped.update(textureless_verify=True)
+    assert unchecked == ("sift-clahe", "nn") and unchecked_precision < 0.5
+
+    # In a stream the same pair is in the textureless state (two low frames switched it).
+    stream = SequentialMatcher(shipped)
+    stream.push(pair.image0, 0)
+    event = stream.push(pair.image1, 1)
+    assert stream.current_matcher == TEXTURELESS_SIFT  # the switch is textureless ...
+    path, precision = served(event.result)  # ... but LightGlue's matches are published
+    assert path == ("aliked-n16", "lightglue") and precision >= 0.95
+    assert event.tracks_reset and len(event.result.track_ids) == len(event.result)
+
+
+def test_textureless_verify_keeps_a_textureless_result_lightglue_supports(shipped, monkeypatch):
+    """On a pair where both are right (a defocused view of a textured photo), the check runs
+    and SIFT's richer result stays."""
+    calls = []
+    wins = shipped.keypoint_result_wins
+
+    def spy(keypoint, textureless):
+        calls.append((len(keypoint), len(textureless)))
+        return wins(keypoint, textureless)
+
+    monkeypatch.setattr(shipped, "keypoint_result_wins", spy)
+    pair = make_pair("motorcycle", "fog", seed=0, size=(640, 480))
+    result = shipped.match(pair.image0, pair.image1)
+    assert (result.extractor, result.matcher) == ("sift-clahe", "nn")
+    assert len(calls) == 1 and calls[0][0] >= 20 and calls[0][1] == len(result)
 
 
 def test_fallback_off_by_parameter_or_missing_files(monkeypatch):

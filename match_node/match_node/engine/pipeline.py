@@ -32,7 +32,8 @@ from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
 from ..models.lightglue import LayerHook, MatchOutput
 from .refine import refine_matches, to_gray
 from .texture import (TEXTURELESS_LOFTR, MatcherSwitch, Texture,
-                      contrast_normalise, epipolar_inliers, measure_texture)
+                      contrast_normalise, epipolar_agreement, epipolar_inliers,
+                      measure_texture)
 from .results import Features, LoftrFeatures, MatchResult, filter_result
 
 if TYPE_CHECKING:
@@ -475,6 +476,28 @@ class Pipeline:
         return (self.textureless_path is not None
                 and result.found < self.params["texture_min_matches"])
 
+    def verifies(self, features0: Features, features1: Features) -> bool:
+        """matcher 'auto', `textureless_verify`: whether a low-texture pair's textureless
+        result is checked against the keypoint matcher's own matches of it (see
+        `keypoint_result_wins`); not when either frame has too few keypoints to give the
+        check enough matches, so a blank frame costs no LightGlue run."""
+        enough = max(self.params["texture_min_matches"], 8)
+        return (self.mode.switches and bool(self.params["textureless_verify"])
+                and min(len(features0), len(features1)) >= enough)
+
+    def keypoint_result_wins(self, keypoint: MatchResult, textureless: MatchResult) -> bool:
+        """matcher 'auto', `textureless_verify`: whether the keypoint matcher's result of a
+        low-texture pair is published instead of the textureless path's `textureless`: it has
+        at least `texture_min_matches` matches (8 at least) and fewer than half of the path's
+        matches agree with their epipolar geometry (texture.epipolar_agreement). Nearest
+        neighbours confuse the periods of a repetitive surface; LightGlue's context does not
+        (a tiled surface of bench/lowtexture.py: SIFT's 28 matches, 14% correct, against
+        LightGlue's 23, all correct)."""
+        agreement = epipolar_agreement(
+            keypoint.keypoints0, keypoint.keypoints1, textureless.keypoints0,
+            textureless.keypoints1, min_reference=max(self.params["texture_min_matches"], 8))
+        return agreement is not None and agreement < 0.5
+
     def match(self, image0: np.ndarray, image1: np.ndarray) -> MatchResult:
         """Extract both images and match them (image 0 is the reference).
 
@@ -482,13 +505,14 @@ class Pipeline:
         contrast-normalised images without a LoFTR file) when either image is textureless,
         or when the keypoint matcher leaves it fewer than `texture_min_matches` matches; a
         textureless path that leaves fewer goes on to the fallback (`textureless_fallback`).
-        The result with the most matches is returned.
+        The result with the most matches is returned, unless the keypoint matcher's own
+        matches of a low-texture pair contradict it (`textureless_verify`).
         """
         if self.mode.detector_free:
             return self._match_pair_on(TEXTURELESS_LOFTR, image0, image1)
         features0, features1 = self.extract(image0), self.extract(image1)
         low = self.matcher_switch().low
-        result = None
+        result = keypoint = None
         if not (self.mode.switches
                 and any(self.texture(f).is_low(*low) for f in (features0, features1))):
             result = _count_reference(self.match_features(features0, features1), features0)
@@ -496,8 +520,14 @@ class Pipeline:
                 self.refine_result(result, to_gray(image0), to_gray(image1))
             if not self.rescues(result):
                 return result
+        elif self.verifies(features0, features1):
+            keypoint = _count_reference(self.match_features(features0, features1), features0)
         result, _ = self.richest(result, self.textureless_chain,
                                  lambda path: self._match_pair_on(path, image0, image1))
+        if keypoint is not None and self.keypoint_result_wins(keypoint, result):
+            if self.refining:
+                self.refine_result(keypoint, to_gray(image0), to_gray(image1))
+            return keypoint
         return result
 
     def richest(self, best: MatchResult | None, paths: Iterable[str],

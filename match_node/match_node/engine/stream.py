@@ -56,8 +56,10 @@ class SequentialMatcher:
     `texture_min_matches` matches is matched on the textureless path too, and the result
     with more matches is published (so the first textureless frame, before the switch, is
     not lost). A textureless path's result that thin goes on to the fallback
-    (`textureless_fallback`, XFeat + LighterGlue). Tracks restart when the matcher changes, because the paths' keypoints are
-    different points (LoFTR's are coarse grid cells).
+    (`textureless_fallback`, XFeat + LighterGlue). A textureless result that the keypoint
+    matcher's own matches of the pair contradict gives way to those (`textureless_verify`).
+    Tracks restart when the matcher changes, because the paths' keypoints are different points
+    (LoFTR's are coarse grid cells).
     """
 
     def __init__(self, pipeline: Pipeline, on_stamp_backwards: str = "reset",
@@ -153,6 +155,7 @@ class SequentialMatcher:
         if frame.matcher != self.pipeline.detector_matcher:  # the textureless state
             match_start = budget.clock()
             result = self._match_textureless(previous, frame, start)
+            result = self._verified(previous, frame, result, start)
             if self._record is not None:  # its time is not the extractor's nor overhead
                 self._record.match_ms = budget.clock() - match_start
         else:
@@ -204,6 +207,24 @@ class SequentialMatcher:
         if served is not None:
             frame.matcher = served
         return result
+
+    def _verified(self, previous: Frame, frame: Frame, result: MatchResult,
+                  start: float) -> MatchResult:
+        """A textureless-state pair's result, or the keypoint matcher's of the same frames when
+        its own matches contradict it (Pipeline.keypoint_result_wins, `textureless_verify`);
+        then the frame is on the keypoint matcher (its tracks are the extractor's points)."""
+        pipeline = self.pipeline
+        if (previous.features is None or frame.features is None
+                or not pipeline.verifies(previous.features, frame.features)):
+            return result
+        keypoint = pipeline.match_features(previous.features, frame.features,
+                                           hook=pipeline.budget.deadline(start))
+        if not pipeline.keypoint_result_wins(keypoint, result):
+            return result
+        if pipeline.refining:
+            self._refine(previous, frame, keypoint, start)
+        frame.matcher = pipeline.detector_matcher
+        return keypoint
 
     def _match_on(self, path: str, previous: Frame, frame: Frame, start: float) -> MatchResult:
         """The pair on one textureless path, refined when that is on and fits the budget."""
