@@ -173,6 +173,38 @@ def _refine(n_ref: np.ndarray, n_cur: np.ndarray, R: np.ndarray, t: np.ndarray,
     return R, t
 
 
+def _essential_models(n_ref: np.ndarray, n_cur: np.ndarray, threshold: float, prob: float,
+                      min_inliers: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """(3x3 essential matrix, its inlier mask) of sample consensus runs on normalised
+    points, at `threshold` and at half of it, and why there are none if so.
+
+    At VO baselines a small rotation looks like a sideways translation. With OpenCV's default
+    1000 iterations USAC_ACCURATE returned a degenerate model (R ~ I, wrong t, 96% inliers) on
+    a real pair of bench/pose.py; 10000 found the true one. On another (a 1.2 cm step at 2-5 m,
+    ~4 px of flow) even that kept a model 128 degrees off: at 1 px it has 878 inliers, one
+    fewer than the true model, and median residuals of 0.14 px against 0.03 px. The run at
+    half the threshold finds the true one, and the caller keeps the model with the lowest
+    truncated cost."""
+    models, failure = [], "essential matrix estimation found no solution"
+    for scale in (1.0, 0.5):
+        try:
+            E, mask = cv2.findEssentialMat(n_ref, n_cur, cameraMatrix=np.eye(3),
+                                           method=_ESSENTIAL_METHOD, prob=prob,
+                                           threshold=threshold * scale, maxIters=10000)
+        except cv2.error as error:
+            failure = f"essential matrix estimation failed: {error.err}"
+            continue
+        if E is None or mask is None or E.shape[0] < 3 or E.shape[0] % 3:
+            continue
+        epipolar = mask.ravel().astype(bool)
+        if epipolar.sum() < min_inliers:
+            if scale == 1.0:
+                failure = f"only {int(epipolar.sum())} inliers (need {min_inliers})"
+            continue
+        models += [(E[3 * k:3 * k + 3], epipolar) for k in range(E.shape[0] // 3)]
+    return models, failure
+
+
 def relative_pose(ref_xy: np.ndarray, cur_xy: np.ndarray, K: np.ndarray,
                   dist: np.ndarray | None = None, threshold_px: float = 1.0,
                   prob: float = 0.99999, min_inliers: int = MIN_INLIERS,
@@ -183,9 +215,11 @@ def relative_pose(ref_xy: np.ndarray, cur_xy: np.ndarray, K: np.ndarray,
 
     The essential matrix comes from cv2.findEssentialMat (USAC_ACCURATE, else RANSAC) on
     normalised coordinates, with the inlier threshold `threshold_px` converted by the mean
-    focal length. The motion is then refined on the inliers (Levenberg-Marquardt on Huber-
-    weighted Sampson distances; this matters most for the RANSAC fallback), the inliers are
-    re-selected with the refined model, and its essential matrix decomposed here
+    focal length, and from a second run at half that threshold. Each model's motion is then
+    refined on its inliers (Levenberg-Marquardt on Huber-weighted Sampson distances; this
+    matters most for the RANSAC fallback), the one with the lowest truncated Sampson cost
+    over all correspondences is kept, the inliers are re-selected with it, and its
+    essential matrix decomposed here
     (cv2.decomposeEssentialMat). The (R, t) candidate is chosen by cheirality: the one with
     the most inliers triangulated (midpoint method) in front of both cameras, by a margin of
     1% of the baseline.
@@ -232,52 +266,46 @@ def relative_pose(ref_xy: np.ndarray, cur_xy: np.ndarray, K: np.ndarray,
     if min_parallax_deg is None:
         min_parallax_deg = 2.0 * np.degrees(threshold)
 
-    try:
-        # At VO baselines a small rotation looks like a sideways translation: with OpenCV's
-        # default 1000 iterations USAC_ACCURATE returned a degenerate model (R ~ I, wrong t,
-        # 96% inliers) on a real pair of bench/pose.py; more iterations found the true one.
-        E, mask = cv2.findEssentialMat(n_ref, n_cur, cameraMatrix=np.eye(3),
-                                       method=_ESSENTIAL_METHOD, prob=prob,
-                                       threshold=threshold, maxIters=10000)
-    except cv2.error as error:
-        return failed_estimate(n, f"essential matrix estimation failed: {error.err}")
-    if E is None or mask is None or E.shape[0] < 3 or E.shape[0] % 3:
-        return failed_estimate(n, "essential matrix estimation found no solution")
-    epipolar = mask.ravel().astype(bool)
-    if epipolar.sum() < min_inliers:
-        return failed_estimate(n, f"only {int(epipolar.sum())} inliers (need {min_inliers})")
+    models, failure = _essential_models(n_ref, n_cur, threshold, prob, min_inliers)
+    if not models:
+        return failed_estimate(n, failure)
 
+    # Every model (both thresholds' runs, and the stacked solutions a minimal sample can
+    # leave) is refined on its own inliers, and the one with the lowest truncated Sampson
+    # cost over all correspondences is kept: the sample consensus counts inliers at one
+    # threshold, which does not separate a true model with ~0.03 px residuals from a
+    # degenerate one with ~0.14 px (see _essential_models).
     best = None
-    # A minimal sample can leave several stacked solutions: each one is refined and voted on.
-    for k in range(E.shape[0] // 3):
-        R1, _, t_unit = cv2.decomposeEssentialMat(E[3 * k:3 * k + 3])
-        # Refining first lets the vote (and the inlier set) use the best essential matrix;
-        # the Sampson distance does not depend on which of the four candidates is used.
+    for E, epipolar in models:
+        R1, _, t_unit = cv2.decomposeEssentialMat(E)
+        # The Sampson distance does not depend on which of the four candidates is used.
         R_fit, t_fit = _refine(n_ref[epipolar], n_cur[epipolar], R1,
                                t_unit.ravel() / np.linalg.norm(t_unit), threshold)
-        fits = np.abs(_sampson(n_ref, n_cur, R_fit, t_fit)) <= threshold
+        residuals = np.abs(_sampson(n_ref, n_cur, R_fit, t_fit))
+        fits = residuals <= threshold
         if fits.sum() < min_inliers:
             continue
-        R1, R2, t_unit = cv2.decomposeEssentialMat(_skew(t_fit) @ R_fit)
-        t_unit = t_unit.ravel() / np.linalg.norm(t_unit)
-        votes = []
-        for R, t in ((R1, t_unit), (R1, -t_unit), (R2, t_unit), (R2, -t_unit)):
-            z_ref, z_cur = _midpoint_depths(n_ref[fits], n_cur[fits], R, t)
-            parallax = _parallax_deg(n_ref[fits], n_cur[fits], R)
-            confident = parallax >= min_parallax_deg
-            # Depths are in baselines (|t| = 1): a point in front sits clearly ahead of both
-            # centres, not on them.
-            front = confident & (z_ref > 1e-2) & (z_cur > 1e-2)
-            behind = confident & ~front
-            votes.append((int(front.sum()), R, t, behind, parallax))
-        # Ties (no votes at all under pure rotation) go to the rotation that explains the
-        # rays best: the twisted pair turns them by ~180 degrees about t.
-        votes.sort(key=lambda v: (-v[0], float(np.median(v[4]))))
-        if best is None or votes[0][0] > best[0][0][0]:
-            best = (votes, fits)
+        cost = float((np.minimum(residuals, threshold) ** 2).sum())
+        if best is None or cost < best[0]:
+            best = (cost, R_fit, t_fit, fits)
     if best is None:
         return failed_estimate(n, f"fewer than {min_inliers} inliers after refinement")
-    votes, fits = best
+    _, R_fit, t_fit, fits = best
+    R1, R2, t_unit = cv2.decomposeEssentialMat(_skew(t_fit) @ R_fit)
+    t_unit = t_unit.ravel() / np.linalg.norm(t_unit)
+    votes = []
+    for R, t in ((R1, t_unit), (R1, -t_unit), (R2, t_unit), (R2, -t_unit)):
+        z_ref, z_cur = _midpoint_depths(n_ref[fits], n_cur[fits], R, t)
+        parallax = _parallax_deg(n_ref[fits], n_cur[fits], R)
+        confident = parallax >= min_parallax_deg
+        # Depths are in baselines (|t| = 1): a point in front sits clearly ahead of both
+        # centres, not on them.
+        front = confident & (z_ref > 1e-2) & (z_cur > 1e-2)
+        behind = confident & ~front
+        votes.append((int(front.sum()), R, t, behind, parallax))
+    # Ties (no votes at all under pure rotation) go to the rotation that explains the rays
+    # best: the twisted pair turns them by ~180 degrees about t.
+    votes.sort(key=lambda v: (-v[0], float(np.median(v[4]))))
     count, R, t, behind, parallax = votes[0]
     runner_up = votes[1][0]
     inliers = np.zeros(n, dtype=bool)
