@@ -132,3 +132,13 @@ def test_refine_outliers_drop_removes_exactly_the_matches_found_off(scene, metho
     # at a few hundredths (patch) or tenths (lk: translation only, under a 10 degree
     # rotation) of a pixel.
     assert np.median(errors[~remaining]) > max(1.5, 2 * np.median(errors[remaining]))
+
+
+def test_closed_form_singular_values_match_the_svd():
+    from match_node.engine.refine import singular_values_2x2
+    matrices = np.random.default_rng(0).normal(size=(500, 2, 2)).astype(np.float32)
+    matrices[:3] = [[[1, 0], [0, 1]], [[2, 0], [0, 0]], [[0, -3], [0.5, 0]]]  # edge cases
+    smallest, largest = singular_values_2x2(matrices)
+    expected = np.linalg.svd(matrices.astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(largest, expected[:, 0], atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(smallest, expected[:, 1], atol=2e-6, rtol=1e-5)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 REFINE_METHODS = ("none", "patch", "lk")
 
@@ -44,6 +45,17 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(gray)
 
 
+def singular_values_2x2(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(smallest, largest) singular values of N x 2 x 2 matrices in closed form (a batched
+    SVD of tiny matrices costs 30x more): with m = [[a, b], [c, d]], they are
+    |q - r| and q + r for q = |((a + d) / 2, (c - b) / 2)| and r = |((a - d) / 2, (c + b) / 2)|."""
+    a, b = matrices[:, 0, 0], matrices[:, 0, 1]
+    c, d = matrices[:, 1, 0], matrices[:, 1, 1]
+    q = np.hypot((a + d) / 2, (c - b) / 2)
+    r = np.hypot((a - d) / 2, (c + b) / 2)
+    return np.abs(q - r), q + r
+
+
 def local_affines(keypoints0: np.ndarray, keypoints1: np.ndarray,
                   neighbours: int = 10) -> np.ndarray:
     """Per match, the 2x2 linear part of the affine map fitted to its `neighbours` nearest
@@ -56,9 +68,11 @@ def local_affines(keypoints0: np.ndarray, keypoints1: np.ndarray,
     k = min(neighbours, n)
     # dx^2 + dy^2 per coordinate: the same numbers as summing a K x K x 2 array over its
     # last axis, 15x faster (that reduction over a length-2 axis dominated the fit).
-    squared = ((keypoints0[:, None, 0] - keypoints0[None, :, 0]) ** 2
-               + (keypoints0[:, None, 1] - keypoints0[None, :, 1]) ** 2)
-    nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
+    points = torch.from_numpy(np.ascontiguousarray(keypoints0, np.float32))
+    squared = ((points[:, None, 0] - points[None, :, 0]) ** 2
+               + (points[:, None, 1] - points[None, :, 1]) ** 2)
+    # The k smallest per row, unordered (torch's top-k: 2x faster than np.argpartition here).
+    nearest = squared.topk(k, dim=1, largest=False, sorted=False).indices.numpy()
     x = np.concatenate([keypoints0[nearest] - keypoints0[:, None],
                         np.ones((n, k, 1), np.float32)], -1)         # n x k x 3
     y = keypoints1[nearest] - keypoints1[:, None]                     # n x k x 2
@@ -66,8 +80,8 @@ def local_affines(keypoints0: np.ndarray, keypoints1: np.ndarray,
     xtx = np.einsum("nki,nkj->nij", x, x) + 1e-3 * np.eye(3, dtype=np.float32)
     xty = np.einsum("nki,nkj->nij", x, y)
     linear = np.transpose(np.linalg.solve(xtx, xty)[:, :2], (0, 2, 1))
-    singular = np.linalg.svd(linear, compute_uv=False)
-    plausible = (singular.min(1) > 0.5) & (singular.max(1) < 2.0)
+    smallest, largest = singular_values_2x2(linear)
+    plausible = (smallest > 0.5) & (largest < 2.0)
     affines[plausible] = linear[plausible]
     return affines
 
@@ -96,7 +110,9 @@ def refine_patch(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
     offsets = np.stack(np.meshgrid(steps, steps), -1).reshape(-1, 2)  # M x 2
     template = _sample(gray0, k0[:, None] + offsets[None])            # K x M
     template = template - template.mean(1, keepdims=True)
-    warped = np.einsum("kij,mj->kmi", local_affines(k0, k1, neighbours), offsets)
+    # K x M x 2: each match's affine applied to the patch offsets (a batched matmul; the
+    # equivalent einsum took 11 ms of the ~70 for 900 matches).
+    warped = offsets @ local_affines(k0, k1, neighbours).transpose(0, 2, 1)
     shift = np.zeros_like(k1)
     step = np.full(len(k1), np.inf, np.float32)
     active = np.ones(len(k1), bool)
