@@ -114,7 +114,11 @@ def test_autocast_keeps_fp32_parts(frames, extractor, matcher, dtype):
     for op in FP32_OPS:
         assert seen.get(op, {torch.float32}) <= {torch.float32, torch.float64}, (op, seen[op])
     if matcher == "nn":
-        assert seen["mm"] == {torch.float32}  # the only matmul there: the distances
+        # The distances' matmul stays fp32 (test_nearest_distances_ignore_autocast checks it
+        # alone); ALIKED's descriptor head mixes and aggregates its samples with matmuls
+        # that autocast lowers, as it lowered that head's convolutions.
+        expected = {torch.float32, dtype} if extractor.startswith("aliked") else {torch.float32}
+        assert seen["mm"] == expected, seen["mm"]
     assert half.keypoints0.dtype == np.float32
     # fp16 ties reorder keypoints: compare by position.
     # bf16's 8-bit mantissa moves more keypoints (GPU-NOTES: 90-93% agree at 640x480).
@@ -315,3 +319,19 @@ def test_gpu_bench_dry_run(tmp_path):
                                      "rss_mb_end", "peak_memory_mb"}
     assert report["replay"]["frames"] >= 1
     assert (tmp_path / "gpu_cpu.md").read_text().startswith("#")
+
+
+def test_aliked_branch_sampling_is_grid_sample():
+    """The descriptor head reads the low-resolution branches with a gather-and-sum
+    (aliked._grid_sample_rows) instead of F.grid_sample: the same values, at interior
+    points, on the borders and at the last row and column (align_corners=True)."""
+    generator = torch.Generator().manual_seed(0)
+    branch = torch.randn(1, 8, 15, 20, generator=generator)
+    x = torch.cat([torch.rand(500, generator=generator) * 2 - 1, torch.tensor([-1.0, 1.0, 1.0, -1.0])])
+    y = torch.cat([torch.rand(500, generator=generator) * 2 - 1, torch.tensor([-1.0, 1.0, -1.0, 1.0])])
+    expected = torch.nn.functional.grid_sample(
+        branch, torch.stack([x, y], -1).view(1, -1, 1, 2), mode="bilinear",
+        align_corners=True)[0, :, :, 0].t()
+    got = aliked_module._grid_sample_rows(branch, x, y)
+    assert got.shape == (504, 8)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

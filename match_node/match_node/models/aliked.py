@@ -142,10 +142,36 @@ class SDDH(nn.Module):
         offsets = offsets.view(n, 2, self.n_pos).transpose(1, 2)        # N x P x 2 (x, y)
         positions = keypoints[:, None, :] + offsets
         sampled = features.bilinear(positions.reshape(-1, 2))             # N*P x C
-        sampled = sampled.view(n, self.n_pos, c).permute(0, 2, 1)[..., None]  # N x C x P x 1
-        sampled = F.selu(self.sf_conv(sampled)).squeeze(-1)             # N x C x P
-        desc = torch.einsum("ncp,pcd->nd", sampled, self.agg_weights)
+        # sf_conv is a 1x1 convolution over the P samples: a linear map of each sample's
+        # channels, applied here in the samples' own layout (no N x C x P transpose).
+        mixed = F.selu(F.linear(sampled, self.sf_conv.weight.view(c, c)))  # N*P x C
+        # Sum over positions p and channels c of mixed[n, p, c] * agg_weights[p, c, d].
+        desc = mixed.view(n, self.n_pos * c) @ self.agg_weights.view(self.n_pos * c, -1)
         return F.normalize(desc, p=2.0, dim=1)
+
+
+def _grid_sample_rows(branch: torch.Tensor, grid_x: torch.Tensor,
+                      grid_y: torch.Tensor) -> torch.Tensor:
+    """F.grid_sample(branch, grid, "bilinear", align_corners=True, zero padding) at M points
+    of normalised coordinates (grid_x, grid_y), as M x C rows in fp32: the same weights and
+    the same sum of the four corners, computed as one gather-and-sum (embedding_bag) over
+    the branch laid out channels-last. On a CPU grid_sample spends ~15 ms on 50k points of a
+    32-channel map, this ~3 ms."""
+    _, channels, height, width = branch.shape
+    ix = (grid_x + 1) / 2 * (width - 1)
+    iy = (grid_y + 1) / 2 * (height - 1)
+    x0, y0 = ix.floor(), iy.floor()
+    x1, y1 = x0 + 1, y0 + 1
+    corners = ((x0, y0, (x1 - ix) * (y1 - iy)), (x1, y0, (ix - x0) * (y1 - iy)),
+               (x0, y1, (x1 - ix) * (iy - y0)), (x1, y1, (ix - x0) * (iy - y0)))
+    indices, weights = [], []
+    for cx, cy, weight in corners:
+        inside = (cx >= 0) & (cx <= width - 1) & (cy >= 0) & (cy <= height - 1)
+        indices.append((cy.clamp(0, height - 1) * width + cx.clamp(0, width - 1)).long())
+        weights.append(weight * inside)
+    table = branch[0].float().reshape(channels, -1).t().contiguous()   # h*w x C
+    return F.embedding_bag(torch.stack(indices, 1), table,
+                           per_sample_weights=torch.stack(weights, 1), mode="sum")
 
 
 class FeatureSource:
@@ -168,7 +194,13 @@ class FeatureSource:
         self.channels = sum(b.shape[1] for b in branches)
 
     def at_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised features at integer pixels (M x 2, x and y inside the image): M x C.
+        """Normalised features at integer pixels (M x 2, x and y inside the image): M x C."""
+        table, inverse = self.distinct_pixels(pixels)
+        return table.index_select(0, inverse)  # 1.6x faster than table[inverse] on a CPU
+
+    def distinct_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U x C normalised features of the distinct pixels among `pixels` (M x 2, x and y
+        inside the image), M indices into them).
 
         Each distinct pixel is computed once, in memory order: the descriptor head reads
         overlapping pixels (neighbouring sample positions share corners), and reading the
@@ -182,7 +214,7 @@ class FeatureSource:
         unique, inverse = torch.unique(linear, sorted=True, return_inverse=True)
         xi, yi = unique % pw, torch.div(unique, pw, rounding_mode="floor")
         x, y = xi.float(), yi.float()
-        grid = torch.stack([2 * x / (pw - 1) - 1, 2 * y / (ph - 1) - 1], -1).view(1, -1, 1, 2)
+        grid_x, grid_y = 2 * x / (pw - 1) - 1, 2 * y / (ph - 1) - 1
         parts = []
         for branch in self.branches:
             if branch.shape[-2:] == (ph, pw):  # full resolution: plain indexing
@@ -191,10 +223,8 @@ class FeatureSource:
                 # The low-resolution branches are sampled in fp32 (an fp16 grid is off by
                 # up to half a pixel at 2048 px); their values keep the branch's dtype.
                 with torch.autocast(branch.device.type, enabled=False):
-                    sampled = F.grid_sample(branch.float(), grid, mode="bilinear",
-                                            align_corners=True).to(branch.dtype)
-                parts.append(sampled[0, :, :, 0].t())
-        return F.normalize(torch.cat(parts, 1), p=2, dim=1)[inverse]
+                    parts.append(_grid_sample_rows(branch, grid_x, grid_y).to(branch.dtype))
+        return F.normalize(torch.cat(parts, 1), p=2, dim=1), inverse
 
     def bilinear(self, positions: torch.Tensor) -> torch.Tensor:
         """Bilinear interpolation of the normalised map at M x 2 pixel positions, zero
@@ -211,13 +241,14 @@ class FeatureSource:
             inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
             pixels.append(torch.stack([px.clamp(0, w - 1), py.clamp(0, h - 1)], 1))
             weights.append(weight * inside)
-        # The four corners' pixels in one read (they overlap between neighbouring positions).
-        values = self.at_pixels(torch.cat(pixels)).view(len(corners), -1, self.channels)
-        result = None
-        for corner, weight in zip(values, weights):
-            term = corner * weight[:, None]
-            result = term if result is None else result + term
-        return result
+        # The four corners' pixels in one read (they overlap between neighbouring positions),
+        # then each position's weighted sum of its four rows in one fused gather-and-sum
+        # (embedding_bag): 6 ms instead of 60 for 16k positions on a CPU, where gathering
+        # four M x C tensors and summing them moved ~130 MB. Same sum, same order, in fp32
+        # as before (the weights are fp32).
+        table, inverse = self.distinct_pixels(torch.cat(pixels))
+        return F.embedding_bag(inverse.view(len(corners), -1).t(), table.float(),
+                               per_sample_weights=torch.stack(weights, 1), mode="sum")
 
 
 class ALIKED(nn.Module):
