@@ -129,12 +129,16 @@ class CrossBlock(nn.Module):
             m1 = F.scaled_dot_product_attention(qk1, qk0, v0)
         else:
             # On the CPU, compute the similarity once and normalise it along both axes.
+            # The scale goes on the smaller operand (for LightGlue's 64 channels per head it
+            # is 1/8, a power of two: the same numbers as scaling the similarity).
             scale = qk0.shape[-1] ** -0.5
-            sim = qk0 @ qk1.transpose(-1, -2) * scale
+            sim = (qk0 * scale) @ qk1.transpose(-1, -2)
             # Softmax in fp32: CPU autocast would otherwise run it in the input's half dtype.
             sim = sim.float()
             m0 = torch.softmax(sim, -1).to(v1.dtype) @ v1
-            m1 = torch.softmax(sim.transpose(-1, -2), -1).to(v0.dtype) @ v0
+            # Along the columns in place, then transposed for the product: a softmax over the
+            # last axis of the transposed view copied it first (22 ms against 8 at 1024 x 900).
+            m1 = torch.softmax(sim, -2).transpose(-1, -2).to(v0.dtype) @ v0
         m0, m1 = (self.to_out(m.transpose(1, 2).flatten(-2)) for m in (m0, m1))
         return (x0 + self.ffn(torch.cat([x0, m0], -1)),
                 x1 + self.ffn(torch.cat([x1, m1], -1)))
