@@ -120,10 +120,14 @@ def test_onnxruntime_choices_are_checked_like_openvino():
 
 
 def test_lightglue_layers_exported_one_graph_each_give_torch_matches(tmp_path):
-    """Every transformer layer as its own graph (dynamic point counts): chained in ONNX
-    Runtime on real features, the descriptors after each layer agree with torch's and the
-    last layer's assignment gives identical matches; pruning between layers (fewer points
-    than the graph was traced with) runs too."""
+    """Every transformer layer as its own graph (dynamic point counts): on real features each
+    layer's graph gives torch's descriptors from torch's inputs, the graphs chained in ONNX
+    Runtime give identical matches from the last layer's assignment, and pruning between
+    layers (fewer points than the graph was traced with) runs too.
+
+    Each graph is compared on torch's own inputs, not on the chain's: float32 differences
+    of ~1e-5 in one layer grow to ~1e-3 over the nine (measured: 1.4e-4 at most per layer,
+    1.5e-3 chained), which says nothing about whether a graph is right."""
     from match_node.models.lightglue import filter_matches, normalize_keypoints
 
     pipeline = Pipeline(SETTINGS, refine="none")
@@ -141,12 +145,13 @@ def test_lightglue_layers_exported_one_graph_each_give_torch_matches(tmp_path):
         descs = [matcher.input_proj(f.descriptors[None].float()) for f in (f0, f1)]
         ours = [d.numpy() for d in descs]
         for layer, session in zip(matcher.transformers, sessions):
+            inputs = {"encoding0": encodings[0].numpy(), "encoding1": encodings[1].numpy()}
+            alone = session.run(None, {"desc0": descs[0].numpy(), "desc1": descs[1].numpy(),
+                                       **inputs})
             descs = list(layer(*descs, *encodings))
-            ours = session.run(None, {"desc0": ours[0], "desc1": ours[1],
-                                      "encoding0": encodings[0].numpy(),
-                                      "encoding1": encodings[1].numpy()})
-            for a, e in zip(ours, descs):
+            for a, e in zip(alone, descs):
                 np.testing.assert_allclose(a, e.numpy(), atol=1e-3, rtol=1e-4)
+            ours = session.run(None, {"desc0": ours[0], "desc1": ours[1], **inputs})
         assignment = matcher.log_assignment[-1]
         expected = filter_matches(assignment(*descs), matcher.conf["filter_threshold"])[0]
         actual = filter_matches(assignment(*(torch.from_numpy(d) for d in ours)),
