@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("match_node_msgs.msg", reason="match_node_msgs not built (run scripts/setup.sh)")
 
 from rosutil import (Harness, image_msg, spin_in_background, stop_process,  # noqa: E402
-                     stop_spinning, wait_until)  # (sets the DDS domain)  # noqa: E402  (sets the DDS domain)
+                     stop_spinning, wait_until)  # (sets the DDS domain)
 
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402

@@ -481,9 +481,14 @@ class Pipeline:
         result is checked against the keypoint matcher's own matches of it (see
         `keypoint_result_wins`); not when either frame has too few keypoints to give the
         check enough matches, so a blank frame costs no LightGlue run."""
-        enough = max(self.params["texture_min_matches"], 8)
         return (self.mode.switches and bool(self.params["textureless_verify"])
-                and min(len(features0), len(features1)) >= enough)
+                and min(len(features0), len(features1)) >= self._verify_min_matches)
+
+    @property
+    def _verify_min_matches(self) -> int:
+        """The keypoint matcher's matches `textureless_verify` needs (8 at least: a
+        fundamental matrix)."""
+        return max(self.params["texture_min_matches"], 8)
 
     def keypoint_result_wins(self, keypoint: MatchResult, textureless: MatchResult) -> bool:
         """matcher 'auto', `textureless_verify`: whether the keypoint matcher's result of a
@@ -495,7 +500,7 @@ class Pipeline:
         LightGlue's 23, all correct)."""
         agreement = epipolar_agreement(
             keypoint.keypoints0, keypoint.keypoints1, textureless.keypoints0,
-            textureless.keypoints1, min_reference=max(self.params["texture_min_matches"], 8))
+            textureless.keypoints1, min_reference=self._verify_min_matches)
         return agreement is not None and agreement < 0.5
 
     def match(self, image0: np.ndarray, image1: np.ndarray) -> MatchResult:
