@@ -270,6 +270,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "textureless path's matches agree with their epipolar geometry, the keypoint "
               "matcher's result is published: nearest neighbours confuse the periods of a "
               "repetitive surface, LightGlue does not.", read_only=False),
+    ParamSpec("texture_blur_mismatch", 1.4,
+              "auto: a pair whose gradient energy changed from one frame to the other "
+              "unevenly over directions, by more than this ratio, and overall by a factor over "
+              "1.65 (motion blur in one frame only: texture.blur_change; consecutive sharp "
+              "frames stay under 1.2) is served by the textureless path, whose keypoints stay "
+              "centred on the streaks, when it finds at least texture_min_matches matches; 0 "
+              "turns the check off.",
+              min=0.0, max=100.0, read_only=False),
     ParamSpec("allow_download", True,
               "Download missing official weights from their official URL into the torch hub "
               "cache."),
@@ -379,6 +387,10 @@ def check_combined(values: Mapping[str, Any]) -> None:
         if low in values and high in values and values[high] < values[low]:
             raise ParameterError(f"parameter '{high}' ({values[high]}) must not be below "
                                  f"'{low}' ({values[low]}): the switch would flap")
+    blur = values.get("texture_blur_mismatch")
+    if blur is not None and 0 < blur <= 1:
+        raise ParameterError(f"parameter 'texture_blur_mismatch' must be 0 (off) or above 1 "
+                             f"(a ratio of gradient energies, never below 1), got {blur!r}")
     device = values.get("device")
     if device is not None and not _is_device_string(device):
         raise ParameterError(

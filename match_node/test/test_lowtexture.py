@@ -212,6 +212,55 @@ def test_stream_switches_twice_without_empty_messages(shipped):
     assert tracks[3] & tracks[4]  # tracks continue on the textureless path
 
 
+def test_motion_blur_in_one_frame_goes_to_the_textureless_path(shipped):
+    """Sharp, sharp, two motion-blurred frames (12-20 px streaks), sharp, sharp: on the two
+    pairs of a sharp and a blurred frame LightGlue's keypoints sit towards the streaks' ends
+    (precision under 0.5 with texture_blur_mismatch off), so they are served by the
+    textureless path, whose keypoints stay centred; the pair blurred alike stays on LightGlue.
+    The texture switch itself never moves. A single pair does the same."""
+    sequence = make_sequence("chelsea", num_frames=6, size=(640, 480), step=6, seed=1)
+    kinds = [None] * 2 + ["motion_blur"] * 2 + [None] * 2
+    frames = [f if k is None else degrade_frame(f, k, t)
+              for t, (f, k) in enumerate(zip(sequence.frames, kinds))]
+
+    def run() -> list[tuple[tuple[str, str], float, bool]]:
+        stream = SequentialMatcher(shipped)
+        served = []
+        for t, frame in enumerate(frames):
+            event = stream.push(frame, t)
+            if event.result is None:
+                continue
+            result = event.result
+            errors = reprojection_errors(sequence.relative(t - 1, t),
+                                         result.keypoints0.astype(float),
+                                         result.keypoints1.astype(float))
+            assert len(result) >= 20 and len(result.track_ids) == len(result), t
+            served.append(((result.extractor, result.matcher), float(np.mean(errors < 3)),
+                           event.tracks_reset))
+        assert stream.switch.switches == 0
+        return served
+
+    textured, textureless = ("aliked-n16", "lightglue"), ("sift-clahe", "nn")
+    served = run()
+    assert [path for path, _, _ in served] == [textured, textureless, textured, textureless,
+                                               textured]
+    assert [reset for _, _, reset in served] == [True] * 5  # every change of path restarts
+    assert min(precision for _, precision, _ in served) >= 0.7, served
+    try:
+        shipped.update(texture_blur_mismatch=0.0)
+        unchecked = run()
+    finally:
+        shipped.update(texture_blur_mismatch=1.4)
+    assert [path for path, _, _ in unchecked] == [textured] * 5
+    assert unchecked[1][1] < 0.5 and unchecked[3][1] < 0.5, unchecked
+
+    pair = shipped.match(frames[1], frames[2])
+    assert (pair.extractor, pair.matcher) == textureless
+    errors = reprojection_errors(sequence.relative(1, 2), pair.keypoints0.astype(float),
+                                 pair.keypoints1.astype(float))
+    assert np.mean(errors < 3) >= 0.7
+
+
 def test_frame_kinds_keep_geometry_for_sequences():
     frame = make_sequence("coffee", 1, size=(160, 120)).frames[0]
     for kind in FRAME_KINDS:

@@ -48,6 +48,7 @@ def test_misspelt_names_get_the_nearest_valid_name(typo, nearest):
     ({"texture_high_keypoints": 10}, "texture_high_keypoints"),          # below low (150)
     ({"texture_low_coverage": 0.5, "texture_high_coverage": 0.45}, "texture_high_coverage"),
     ({"device": "gpu"}, "device"),
+    ({"texture_blur_mismatch": 0.5}, "texture_blur_mismatch"),          # a ratio is >= 1
 ])
 def test_combined_check_refuses_values_that_do_not_fit_together(values, named):
     # Each value is valid alone: only the one combined check can refuse it, at start-up

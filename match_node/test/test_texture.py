@@ -3,8 +3,12 @@ import cv2
 import numpy as np
 import pytest
 
-from match_node.groundtruth.planar import LOW_TEXTURE_KINDS, load_photo, low_texture
-from match_node.engine.texture import MatcherSwitch, Texture, measure_texture
+from match_node.groundtruth.planar import (LOW_TEXTURE_KINDS, load_photo, low_texture,
+                                          make_sequence)
+from match_node.engine.refine import to_gray
+from match_node.engine.texture import (MatcherSwitch, Texture, blur_change, gradient_tensor,
+                                       measure_texture, pair_linear_map)
+from match_node.groundtruth.lowtexture import degrade_frame, motion_kernel
 
 SWITCH = MatcherSwitch()
 
@@ -54,3 +58,58 @@ def test_switches_exactly_twice_and_does_not_flap():
 def test_thresholds_must_leave_a_band():
     with pytest.raises(ValueError, match="flap"):
         MatcherSwitch(low_keypoints=300, high_keypoints=200)
+
+
+def _linear_part(homography: np.ndarray, x: float = 320, y: float = 240) -> np.ndarray:
+    """The homography's Jacobian at (x, y): its local linear map."""
+    p = homography @ [x, y, 1.0]
+    return (homography[:2, :2] * p[2] - np.outer(p[:2], homography[2, :2])) / p[2] ** 2
+
+
+@pytest.mark.parametrize("photo", ["chelsea", "gravel", "coffee"])
+def test_blur_change_sees_motion_blur_in_one_frame_only(photo):
+    """Consecutive frames of a camera path: sharp pairs, a pair with a contrast change, and a
+    pair blurred alike are not motion blur in one frame; a sharp frame and a motion-blurred
+    one are, in either order; a view rotated by 30 degrees is not once the pair's linear
+    map carries the gradients."""
+    sequence = make_sequence(photo, num_frames=3, size=(640, 480), step=6, seed=1)
+    f0, f1, f2 = sequence.frames
+    h01 = _linear_part(sequence.relative(0, 1))
+    gray = [to_gray(f) for f in (f0, f1)]
+    sharp = blur_change(gradient_tensor(gray[0]), gradient_tensor(gray[1]), h01)
+    assert sharp.anisotropy < 1.3 and 0.89 < sharp.energy < 1.12
+    assert not sharp.is_motion_blur(1.4, 1.65)
+    dimmer = blur_change(gradient_tensor(gray[0]), gradient_tensor(0.6 * gray[1]), h01)
+    assert dimmer.anisotropy == pytest.approx(sharp.anisotropy, rel=1e-6)
+    assert dimmer.energy == pytest.approx(0.36 * sharp.energy, rel=1e-6)  # contrast: even
+    assert not dimmer.is_motion_blur(1.4, 1.65)
+
+    kernel = motion_kernel(16, np.deg2rad(30))
+    streaked = [cv2.filter2D(g, -1, kernel, borderType=cv2.BORDER_REFLECT) for g in gray]
+    blurred = blur_change(gradient_tensor(gray[0]), gradient_tensor(streaked[1]), h01)
+    assert blurred.is_motion_blur(1.4, 1.65) and blurred.energy < 1 / 1.65
+    back = blur_change(gradient_tensor(streaked[0]), gradient_tensor(gray[1]), h01)
+    assert back.is_motion_blur(1.4, 1.65) and back.energy > 1.65
+    alike = blur_change(gradient_tensor(streaked[0]), gradient_tensor(streaked[1]), h01)
+    assert not alike.is_motion_blur(1.4, 1.65)
+    # The generator's own motion blur (12-20 px, noise) after a sharp frame.
+    generated = to_gray(degrade_frame(f2, "motion_blur", 2))
+    h12 = _linear_part(sequence.relative(1, 2))
+    assert blur_change(gradient_tensor(gray[1]), gradient_tensor(generated),
+                       h12).is_motion_blur(1.4, 1.65)
+
+    rotation = cv2.getRotationMatrix2D((320, 240), 30, 1.0)
+    turned = cv2.warpAffine(gray[0], rotation, (640, 480), borderMode=cv2.BORDER_REFLECT)
+    carried = blur_change(gradient_tensor(gray[0]), gradient_tensor(turned), rotation[:, :2])
+    assert carried.anisotropy < 1.3
+    assert blur_change(np.zeros((2, 2)), gradient_tensor(gray[1])).anisotropy == 1.0
+
+
+def test_pair_linear_map_fits_through_outliers():
+    rng = np.random.default_rng(0)
+    linear = np.array([[0.95, -0.1], [0.12, 1.05]])
+    k0 = rng.uniform(0, [640, 480], (100, 2))
+    k1 = k0 @ linear.T + [14, -6] + rng.normal(0, 0.3, (100, 2))
+    k1[:30] = rng.uniform(0, [640, 480], (30, 2))  # 30% wrong
+    assert np.abs(pair_linear_map(k0, k1) - linear).max() < 0.01
+    assert pair_linear_map(k0[:7], k1[:7]) is None

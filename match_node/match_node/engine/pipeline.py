@@ -31,9 +31,9 @@ from .image import Prepared, prepare
 from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
 from ..models.lightglue import LayerHook, MatchOutput
 from .refine import refine_matches, to_gray
-from .texture import (TEXTURELESS_LOFTR, MatcherSwitch, Texture,
+from .texture import (TEXTURELESS_LOFTR, MatcherSwitch, Texture, blur_change,
                       contrast_normalise, epipolar_agreement, epipolar_inliers,
-                      measure_texture)
+                      gradient_tensor, measure_texture, pair_linear_map)
 from .results import Features, LoftrFeatures, MatchResult, filter_result
 
 if TYPE_CHECKING:
@@ -55,6 +55,11 @@ def resolve_device(device_name: str) -> tuple[torch.device, str | None]:
                                          f"{torch.cuda.device_count()} CUDA device(s) exist; running on the CPU")
     return device, None
 
+
+
+# The overall change of gradient energy (a factor, either way) that, with an uneven one
+# (`texture_blur_mismatch`), marks motion blur in one frame of a pair (texture.blur_change).
+BLUR_ENERGY_CHANGE = 1.65
 
 
 class Pipeline:
@@ -503,6 +508,36 @@ class Pipeline:
             textureless.keypoints1, min_reference=self._verify_min_matches)
         return agreement is not None and agreement < 0.5
 
+    def blur_mismatched(self, result: MatchResult, gradient0: np.ndarray | None,
+                        gradient1: np.ndarray | None) -> bool:
+        """matcher 'auto', `texture_blur_mismatch`: whether the keypoint matcher's `result`
+        comes from a pair with motion blur in one frame only: from their gradient tensors
+        (texture.gradient_tensor), with frame 0's carried by an affine fitted to the result's
+        matches, the gradient energy changed unevenly over directions (by a ratio over
+        `texture_blur_mismatch`) and overall (by a factor over BLUR_ENERGY_CHANGE); see
+        texture.blur_change. Such a pair goes to the textureless path
+        (`textureless_unless_thin`). Frames blurred alike stay on LightGlue, which matches
+        them well (bench/lowtexture.py's motion-blur streams: precision 0.94-1.00)."""
+        limit = self.params["texture_blur_mismatch"]
+        if (not self.mode.switches or self.textureless_path is None or limit <= 0
+                or gradient0 is None or gradient1 is None):
+            return False
+        linear = pair_linear_map(result.keypoints0, result.keypoints1)
+        return (linear is not None and blur_change(gradient0, gradient1, linear)
+                .is_motion_blur(limit, BLUR_ENERGY_CHANGE))
+
+    def textureless_unless_thin(self, keypoint: MatchResult,
+                                match: Callable[[str], MatchResult]
+                                ) -> tuple[MatchResult, str | None]:
+        """A blur-mismatched pair (`blur_mismatched`): the textureless chain's result
+        (`richest`, `match(path)`) unless it is too thin to publish (`rescues`), then the
+        keypoint matcher's `keypoint` after all; returns the result and the path that served
+        it (None: `keypoint`)."""
+        other, served = self.richest(None, self.textureless_chain, match)
+        if self.rescues(other):
+            return keypoint, None
+        return other, served
+
     def match(self, image0: np.ndarray, image1: np.ndarray) -> MatchResult:
         """Extract both images and match them (image 0 is the reference).
 
@@ -511,7 +546,8 @@ class Pipeline:
         or when the keypoint matcher leaves it fewer than `texture_min_matches` matches; a
         textureless path that leaves fewer goes on to the fallback (`textureless_fallback`).
         The result with the most matches is returned, unless the keypoint matcher's own
-        matches of a low-texture pair contradict it (`textureless_verify`).
+        matches of a low-texture pair contradict it (`textureless_verify`). A pair with motion
+        blur in one image only goes to the textureless path too (`texture_blur_mismatch`).
         """
         if self.mode.detector_free:
             return self._match_pair_on(TEXTURELESS_LOFTR, image0, image1)
@@ -521,10 +557,15 @@ class Pipeline:
         if not (self.mode.switches
                 and any(self.texture(f).is_low(*low) for f in (features0, features1))):
             result = _count_reference(self.match_features(features0, features1), features0)
+            gray0, gray1 = to_gray(image0), to_gray(image1)
             if self.refining:
-                self.refine_result(result, to_gray(image0), to_gray(image1))
+                self.refine_result(result, gray0, gray1)
             if not self.rescues(result):
-                return result
+                if not self.blur_mismatched(result, gradient_tensor(gray0),
+                                            gradient_tensor(gray1)):
+                    return result
+                return self.textureless_unless_thin(
+                    result, lambda path: self._match_pair_on(path, image0, image1))[0]
         elif self.verifies(features0, features1):
             keypoint = _count_reference(self.match_features(features0, features1), features0)
         result, _ = self.richest(result, self.textureless_chain,

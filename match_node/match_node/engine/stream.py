@@ -17,7 +17,7 @@ from .budget import FrameRecord
 from .pipeline import Pipeline
 from .refine import to_gray
 from .results import Features, LoftrFeatures, MatchResult, StreamEvent
-from .texture import TEXTURELESS_LOFTR
+from .texture import TEXTURELESS_LOFTR, gradient_tensor
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ class Frame:
     # computed when a path needs this frame.
     path_features: dict[str, Features] = field(default_factory=dict)
     gray: np.ndarray | None = None        # float gray image, kept for refinement
+    # Its gradient tensor (texture.gradient_tensor) with matcher 'auto', for the pair's blur
+    # mismatch (Pipeline.blur_mismatched).
+    gradient: np.ndarray | None = None
     # Keypoint positions after refinement (N x 2): where this frame was the current one its
     # matched keypoints moved; as the next pair's reference it reports the same positions.
     positions: np.ndarray | None = None
@@ -58,6 +61,8 @@ class SequentialMatcher:
     not lost). A textureless path's result that thin goes on to the fallback
     (`textureless_fallback`, XFeat + LighterGlue). A textureless result that the keypoint
     matcher's own matches of the pair contradict gives way to those (`textureless_verify`).
+    A pair with motion blur in one frame only is served by the textureless paths unless they
+    leave it too thin (`texture_blur_mismatch`), whatever the switch's state.
     Tracks restart when the matcher changes, because the paths' keypoints are different points
     (LoFTR's are coarse grid cells).
     """
@@ -170,6 +175,16 @@ class SequentialMatcher:
                 # switch): the textureless paths too, and the result with more matches.
                 match_start = budget.clock()
                 result = self._match_textureless(previous, frame, start, result)
+                if self._record is not None:
+                    self._record.match_ms += budget.clock() - match_start
+            elif self.pipeline.blur_mismatched(result, previous.gradient, frame.gradient):
+                # Motion blur in one frame only: the keypoints on its streaks sit off the
+                # sharp frame's, the textureless path's stay centred (texture.py).
+                match_start = budget.clock()
+                result, served = self.pipeline.textureless_unless_thin(
+                    result, lambda path: self._match_on(path, previous, frame, start))
+                if served is not None:
+                    frame.matcher = served
                 if self._record is not None:
                     self._record.match_ms += budget.clock() - match_start
         if self.tracker.space != frame.matcher:
@@ -331,8 +346,12 @@ class SequentialMatcher:
         self._record_size = features.image_size
         matcher = (self.switch.update(self.pipeline.texture(features)) if mode.switches
                    else self.pipeline.detector_matcher)
-        gray = to_gray(image) if self.pipeline.refining else None
-        return Frame(image, features.image_size, matcher, features, gray=gray)
+        gray = to_gray(image) if self.pipeline.refining or mode.switches else None
+        gradient = gradient_tensor(gray) if mode.switches else None
+        if not self.pipeline.refining:
+            gray = None  # kept for refinement only
+        return Frame(image, features.image_size, matcher, features, gray=gray,
+                     gradient=gradient)
 
     def finish_frame(self, total_ms: float | None = None) -> None:
         """Give the latency budget the frame's measurements. `total_ms` is the whole frame as

@@ -21,6 +21,15 @@ a textureless path's result on such a frame can be mostly wrong while LightGlue,
 tells them apart, still finds a few dozen correct matches. `epipolar_agreement` measures how
 many of the path's matches the keypoint matcher's own geometry supports; the pipeline
 publishes the keypoint matcher's result when that is under half (`textureless_verify`).
+
+Motion blur in one frame of a pair and not in the other (a jolt, a fast turn) is the other
+trap of a keypoint detector: on a 12-20 px streak its keypoints sit towards the streak's ends,
+3-6 px from the sharp frame's along the motion, so LightGlue's matches of such a pair are
+mostly more than 3 px off (bench/lowtexture.py's motion-blur streams: precision 0.27-0.37),
+while SIFT's blobs at a coarse scale stay centred (0.76-0.92). `blur_change` measures it
+from each frame's `gradient_tensor` (`blur_change`): blur along one direction removes
+gradient energy, most of it along the motion, which neither a contrast change (even) nor a
+change of view (carried by the pair's affine map) does.
 """
 from __future__ import annotations
 
@@ -190,3 +199,82 @@ def epipolar_agreement(reference0: np.ndarray, reference1: np.ndarray,
         return None
     distances = sampson_distances(fundamental, keypoints0, keypoints1)
     return float(np.mean(distances < threshold_px))
+
+
+def gradient_tensor(gray: np.ndarray) -> np.ndarray:
+    """A frame's mean structure tensor (2 x 2, float64): the mean of g g^T over the image,
+    g the gradient at a scale of 1 px (a Gaussian of sigma 1, then Sobel), for `blur_change`.
+    Its quadratic form u^T J u is the frame's gradient energy along the unit direction u."""
+    image = np.asarray(gray, np.float32)
+    smooth = cv2.GaussianBlur(image, (0, 0), 1.0)
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8)
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8)
+    xy = float(np.mean(gx * gy))
+    return np.array([[np.mean(gx * gx), xy], [xy, np.mean(gy * gy)]], np.float64)
+
+
+@dataclass(frozen=True)
+class BlurChange:
+    """How a pair's gradient energy changed from frame 0 to frame 1 (see `blur_change`)."""
+    anisotropy: float   # largest / smallest factor over directions (>= 1; 1: alike)
+    energy: float       # geometric mean of the factors (< 1: frame 1 lost energy)
+
+    def is_motion_blur(self, min_anisotropy: float, min_energy_change: float) -> bool:
+        """Motion blur in one frame only: the energy changed unevenly over directions (by a
+        ratio over `min_anisotropy`) and overall (by a factor over `min_energy_change`,
+        either way)."""
+        change = max(self.energy, 1.0 / max(self.energy, 1e-12))
+        return self.anisotropy > min_anisotropy and change > min_energy_change
+
+
+def blur_change(tensor0: np.ndarray, tensor1: np.ndarray,
+                linear: np.ndarray | None = None) -> BlurChange:
+    """The factors by which a pair's gradient energy changed from frame 0 to frame 1 along
+    each direction (the generalised eigenvalues of their gradient tensors), summarised by
+    their ratio and their geometric mean. Frame 0's tensor is carried into frame 1 by the
+    linear part `linear` (2 x 2, image 0 -> image 1 pixels, e.g. of an affine fitted to the
+    pair's matches; gradients transform by its inverse transpose), so that a rotation or a
+    shear of the view does not count.
+
+    A contrast change scales every direction alike (ratio 1); motion blur in one frame
+    removes energy in every direction but most along the motion. Measured on the camera
+    paths of groundtruth.planar over 13 photographs and 3 seeds (bench/lowtexture.py's
+    photographs; 12-20 px of motion blur in frames 4-7 of 12):
+
+    | pairs | ratio | geometric mean, either way | both over 1.4 / 1.65 |
+    |---|---|---|---|
+    | sharp, consecutive | <= 1.2 | <= 1.12 | 0 of 234 |
+    | sharp and blurred (either order) | 1.2-16, median 2.2 | 1.5-7, median 3.3 | 74 of 78 |
+    | both blurred, streaks of other lengths and directions | <= 4.2, median 1.4 | <= 1.7, median 1.16 | 1 of 117 |
+    """
+    j0 = np.asarray(tensor0, np.float64)
+    if linear is not None:
+        inverse = np.linalg.inv(np.asarray(linear, np.float64))
+        j0 = inverse.T @ j0 @ inverse
+    values, vectors = np.linalg.eigh(j0)
+    if values[0] <= 1e-12 * max(values[1], 1e-300):
+        return BlurChange(1.0, 1.0)  # no gradient along some direction of frame 0: no measure
+    whiten = vectors @ np.diag(values ** -0.5) @ vectors.T
+    factors = np.linalg.eigvalsh(whiten @ np.asarray(tensor1, np.float64) @ whiten)
+    if factors[1] <= 0:
+        return BlurChange(1.0, 1.0)
+    low = max(factors[0], 1e-12 * factors[1])
+    return BlurChange(float(factors[1] / low), float(np.sqrt(low * factors[1])))
+
+
+def pair_linear_map(keypoints0: np.ndarray, keypoints1: np.ndarray,
+                    min_matches: int = 8) -> np.ndarray | None:
+    """The linear part (2 x 2) of an affine map fitted to a pair's matches by least median
+    of squares (no threshold to choose, robust to half the matches being wrong), or None
+    with fewer than `min_matches` matches or no fit."""
+    k0 = np.asarray(keypoints0, np.float64).reshape(-1, 2)
+    k1 = np.asarray(keypoints1, np.float64).reshape(-1, 2)
+    if len(k0) < max(min_matches, 3):
+        return None
+    try:
+        affine, _ = cv2.estimateAffine2D(k0, k1, method=cv2.LMEDS)
+    except cv2.error:  # degenerate input (e.g. all points on a line)
+        return None
+    if affine is None or abs(np.linalg.det(affine[:, :2])) < 1e-6:
+        return None
+    return affine[:, :2]
