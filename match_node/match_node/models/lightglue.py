@@ -131,11 +131,12 @@ class SelfBlock(nn.Module):
     def _qkv_rows(self, dim: int, device: torch.device) -> torch.Tensor:
         """The checkpoint's Wqkv row of each row of qkv_parameters' layout."""
         head_dim = dim // self.num_heads
-        halves = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
-        channel = torch.stack([halves, halves, torch.arange(head_dim)])   # per q, k, v
-        head = torch.arange(self.num_heads)[None, :, None]
-        which = torch.arange(3)[:, None, None]
-        return (head * head_dim * 3 + channel[:, None, :] * 3 + which).flatten().to(device)
+        halves = torch.cat([torch.arange(0, head_dim, 2, device=device),
+                            torch.arange(1, head_dim, 2, device=device)])
+        channel = torch.stack([halves, halves, torch.arange(head_dim, device=device)])
+        head = torch.arange(self.num_heads, device=device)[None, :, None]
+        which = torch.arange(3, device=device)[:, None, None]   # q, k, v
+        return (head * head_dim * 3 + channel[:, None, :] * 3 + which).flatten()
 
     def forward(self, x: torch.Tensor, encoding: torch.Tensor) -> torch.Tensor:
         weight, bias = self.qkv_parameters()
