@@ -82,6 +82,7 @@ PATH_ONLY = "SIFT-CLAHE+NN+epipolar (ours: auto's textureless path on every pair
 NO_FALLBACK = "match_node.yaml, textureless_fallback none (ours)"
 KEEP_OFF = "match_node.yaml, refine_outliers keep (ours)"
 VERIFY_OFF = "match_node.yaml, textureless_verify off (ours)"
+BLUR_OFF = "match_node.yaml, texture_blur_mismatch 0 (ours)"
 
 
 def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
@@ -103,6 +104,8 @@ def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
                                       served.setdefault(KEEP_OFF, Counter()))),
         (VERIFY_OFF, lambda: configured({**base, **loftr_file, "textureless_verify": False},
                                         served.setdefault(VERIFY_OFF, Counter()))),
+        (BLUR_OFF, lambda: configured({**base, **loftr_file, "texture_blur_mismatch": 0.0},
+                                      served.setdefault(BLUR_OFF, Counter()))),
         ("ALIKED+LightGlue, previous default (ours)", lambda: ours(shipped_before)),
         ("ALIKED+LightGlue (official)", lambda: official_matcher("aliked", args.device)),
         ("ALIKED top-k+LightGlue (ours)", lambda: ours(shipped_before, detection_threshold=0.0)),
@@ -149,7 +152,8 @@ def evaluate(run: MatchFn, data: list[dict], size: tuple[int, int]) -> tuple[dic
 
 
 def kind_lines(per_pair: list[dict], methods: tuple[str, ...] = (
-        "ALIKED+LightGlue, previous default (ours)", NO_FALLBACK, KEEP_OFF, VERIFY_OFF, SHIPPED)
+        "ALIKED+LightGlue, previous default (ours)", NO_FALLBACK, KEEP_OFF, VERIFY_OFF, BLUR_OFF,
+        SHIPPED)
                ) -> list[str]:
     """Per low-texture kind: pairs without match, failures, precision and AUC@3px of
     `methods`, and the pairs the shipped configuration fails on, with how many methods of the
@@ -370,8 +374,15 @@ def main() -> None:
     if args.stream_photos != "none":
         overrides = {"device": args.device, "allow_download": False,
                      **({"loftr_weights": args.loftr_weights} if args.loftr_weights else {})}
-        streams, stream_frames = stream_runs(overrides, tuple(args.stream_photos.split(",")),
-                                             tuple(args.stream_kinds.split(",")), size)
+        stream_photos = tuple(args.stream_photos.split(","))
+        stream_kinds = tuple(args.stream_kinds.split(","))
+        streams, stream_frames = stream_runs(overrides, stream_photos, stream_kinds, size)
+        if "motion_blur" in stream_kinds:  # the same streams with the blur check off, beside
+            off_streams, _ = stream_runs({**overrides, "texture_blur_mismatch": 0.0},
+                                                  stream_photos, ("motion_blur",), size)
+            for row in off_streams:  # (the timing table stays the shipped streams')
+                row["kind"] = "motion_blur, texture_blur_mismatch 0"
+            streams += off_streams
         lines += stream_lines(streams, stream_frames)
     (output / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     settings = {"device": args.device, "threads": args.threads, "photos": list(photos),
