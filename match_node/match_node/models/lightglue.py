@@ -150,7 +150,8 @@ class SelfBlock(nn.Module):
 
 
 class CrossBlock(nn.Module):
-    """Bidirectional cross-attention: one shared similarity, softmax along each axis."""
+    """Bidirectional cross-attention: each image's points attend to the other's, with one
+    query-key projection shared by both directions (the official architecture)."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -166,22 +167,12 @@ class CrossBlock(nn.Module):
 
         qk0, qk1 = heads(self.to_qk(x0)), heads(self.to_qk(x1))
         v0, v1 = heads(self.to_v(x0)), heads(self.to_v(x1))
-        if x0.device.type == "cuda":
-            # Two fused attentions beat one explicit similarity on the GPU.
-            m0 = F.scaled_dot_product_attention(qk0, qk1, v1)
-            m1 = F.scaled_dot_product_attention(qk1, qk0, v0)
-        else:
-            # On the CPU, compute the similarity once and normalise it along both axes.
-            # The scale goes on the smaller operand (for LightGlue's 64 channels per head it
-            # is 1/8, a power of two: the same numbers as scaling the similarity).
-            scale = qk0.shape[-1] ** -0.5
-            sim = (qk0 * scale) @ qk1.transpose(-1, -2)
-            # Softmax in fp32: CPU autocast would otherwise run it in the input's half dtype.
-            sim = sim.float()
-            m0 = torch.softmax(sim, -1).to(v1.dtype) @ v1
-            # Along the columns in place, then transposed for the product: a softmax over the
-            # last axis of the transposed view copied it first (22 ms against 8 at 1024 x 900).
-            m1 = torch.softmax(sim, -2).transpose(-1, -2).to(v0.dtype) @ v0
+        # Two fused attentions (the similarity in both directions, never stored) beat one
+        # explicit similarity normalised along both axes, on the GPU and on the CPU alike:
+        # a cross block of 1000 x 900 points on 2 CPU threads takes 46-50 ms against 84, at
+        # 500 x 480 20 against 22 (outputs within 6e-7).
+        m0 = F.scaled_dot_product_attention(qk0, qk1, v1)
+        m1 = F.scaled_dot_product_attention(qk1, qk0, v0)
         m0, m1 = (self.to_out(m.transpose(1, 2).flatten(-2)) for m in (m0, m1))
         return (x0 + self.ffn(torch.cat([x0, m0], -1)),
                 x1 + self.ffn(torch.cat([x1, m1], -1)))
