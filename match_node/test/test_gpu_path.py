@@ -335,3 +335,29 @@ def test_aliked_branch_sampling_is_grid_sample():
     got = aliked_module._grid_sample_rows(branch, x, y)
     assert got.shape == (504, 8)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_aliked_reads_channels_last_branches_alike():
+    """The OpenVINO backend returns ALIKED's branches channels-last (N x C x H x W views of
+    N x H x W x C memory); the descriptor head reads them by rows then, with the same values
+    at pixels and between them. (Within 1e-6, not bit for bit: embedding_bag's weighted sums
+    over two equal tables at other addresses were seen to differ in the last bit.)"""
+    generator = torch.Generator().manual_seed(0)
+    width, height = 96, 64
+    branches = [torch.randn(1, 8, height // s, width // s, generator=generator)
+                for s in (1, 2, 8, 32)]
+    channels_last = [b.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) for b in branches]
+    assert all(aliked_module._is_channels_last(b) for b in channels_last)
+    pixels = torch.stack([torch.randint(0, width, (300,), generator=generator),
+                          torch.randint(0, height, (300,), generator=generator)], 1)
+    positions = torch.rand(300, 2, generator=generator) * torch.tensor([width - 1.0, height - 1.0])
+
+    def read(maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        source = aliked_module.FeatureSource(maps, (width, height), (0, 0), (width, height))
+        return source.at_pixels(pixels), source.bilinear(positions)
+
+    for expected, got in zip(read(branches), read(channels_last)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # Reading through the rows view, not a copy of the map, is what makes it faster.
+    assert (aliked_module._channels_last_rows(channels_last[1]).data_ptr()
+            == channels_last[1].data_ptr())

@@ -91,6 +91,8 @@ class _EngineDense(abc.ABC):
     file names.
     """
     backend = ""
+    # The outputs the engine returns channels-last (N x H x W x C arrays).
+    channels_last_outputs: tuple[int, ...] = ()
 
     def __init__(self, owner: nn.Module, name: str, threads: int | None = None,
                  cache: Path | None = None) -> None:
@@ -120,8 +122,11 @@ class _EngineDense(abc.ABC):
         built = self._built.get(key)
         if built is None:
             built = self._built[key] = self._build(image, key)
-        outputs = self._run(built, image.detach().float().contiguous().numpy())
-        return [torch.from_numpy(output) for output in outputs]
+        outputs = [torch.from_numpy(output)
+                   for output in self._run(built, image.detach().float().contiguous().numpy())]
+        for index in self.channels_last_outputs:  # N x H x W x C, as N x C x H x W views
+            outputs[index] = outputs[index].permute(0, 3, 1, 2)
+        return outputs
 
 
 class OpenVinoDense(_EngineDense):
@@ -142,6 +147,7 @@ class OpenVinoDense(_EngineDense):
         self._ov = openvino
         self._module = _DenseModule(owner).eval()
         self._core = openvino.Core()
+        self.channels_last_outputs = tuple(getattr(owner, "dense_channels_last_outputs", ()))
         self.conversions = 0   # models converted from PyTorch (not found in the cache)
         self.compiles = 0      # models compiled for the CPU
 
@@ -175,6 +181,7 @@ class OpenVinoDense(_EngineDense):
             self.conversions += 1
             how = "converted"
         rewritten = selu_as_elu(model, self._ov)
+        model = self._outputs_channels_last(model)
         self._core.set_property({"CACHE_DIR": str(self.cache / "compiled")})
         compiled = self._core.compile_model(model, "CPU", {
             "INFERENCE_PRECISION_HINT": "f32",
@@ -189,6 +196,21 @@ class OpenVinoDense(_EngineDense):
     def _run(self, built: object, array: np.ndarray) -> list[np.ndarray]:
         outputs = built(array)
         return [outputs[i] for i in range(len(outputs))]
+
+    def _outputs_channels_last(self, model):
+        """The model with the owner's `dense_channels_last_outputs` returned channels-last
+        (OpenVINO inserts the transpose, done where its CPU plugin reorders its own blocked
+        layout for the output anyway). Applied after reading the converted model, so cached
+        files and their keys stay as they are."""
+        if not self.channels_last_outputs:
+            return model
+        from openvino.preprocess import PrePostProcessor
+
+        steps = PrePostProcessor(model)
+        for index in self.channels_last_outputs:
+            steps.output(index).model().set_layout(self._ov.Layout("NCHW"))
+            steps.output(index).tensor().set_layout(self._ov.Layout("NHWC"))
+        return steps.build()
 
 
 def selu_as_elu(model, openvino) -> int:

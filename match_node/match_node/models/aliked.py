@@ -185,8 +185,13 @@ def _grid_sample_rows(branch: torch.Tensor, grid_x: torch.Tensor, grid_y: torch.
 
 
 def _channels_last_rows(branch: torch.Tensor) -> torch.Tensor:
-    """A 1 x C x h x w map as h*w x C rows in fp32 (one row per cell)."""
-    return branch[0].float().reshape(branch.shape[1], -1).t().contiguous()
+    """A 1 x C x h x w map as h*w x C rows in fp32 (one row per cell): a view where the map
+    is laid out channels-last already (as the OpenVINO backend returns it), else a copy."""
+    return branch[0].float().permute(1, 2, 0).reshape(-1, branch.shape[1])
+
+
+def _is_channels_last(branch: torch.Tensor) -> bool:
+    return branch.shape[1] > 1 and branch.is_contiguous(memory_format=torch.channels_last)
 
 
 class FeatureSource:
@@ -243,7 +248,11 @@ class FeatureSource:
             columns = table[:, start:start + branch.shape[1]]
             start += branch.shape[1]
             if branch.shape[-2:] == (ph, pw):  # full resolution: plain indexing
-                columns.copy_(branch[0].reshape(branch.shape[1], -1).index_select(1, unique).t())
+                if _is_channels_last(branch):  # whole rows (pixels) at once
+                    columns.copy_(_channels_last_rows(branch).index_select(0, unique))
+                else:
+                    flat = branch[0].reshape(branch.shape[1], -1)
+                    columns.copy_(flat.index_select(1, unique).t())
                 continue
             # The low-resolution branches are sampled in fp32 (an fp16 grid is off by up to
             # half a pixel at 2048 px); their values keep the branch's dtype.
@@ -271,6 +280,10 @@ class FeatureSource:
 
 
 class ALIKED(nn.Module):
+    # The dense outputs (the four branches) that the descriptor head reads pixel by pixel:
+    # an inference engine returns them channels-last (engine/backends.py), so each read
+    # takes a pixel's channels from one row instead of one strided column per channel.
+    dense_channels_last_outputs = (0, 1, 2, 3)
     default_conf: dict[str, Any] = {
         "model_name": "aliked-n16",
         "max_num_keypoints": 1024,   # <= 0: no cap (20000 at most)
