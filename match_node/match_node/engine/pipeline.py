@@ -557,12 +557,14 @@ class Pipeline:
         if not (self.mode.switches
                 and any(self.texture(f).is_low(*low) for f in (features0, features1))):
             result = _count_reference(self.match_features(features0, features1), features0)
-            gray0, gray1 = to_gray(image0), to_gray(image1)
+            gray0 = gray1 = None
+            if self.refining or self.mode.switches:
+                gray0, gray1 = to_gray(image0), to_gray(image1)
             if self.refining:
                 self.refine_result(result, gray0, gray1)
             if not self.rescues(result):
-                if not self.blur_mismatched(result, gradient_tensor(gray0),
-                                            gradient_tensor(gray1)):
+                if not (self.mode.switches and self.blur_mismatched(
+                        result, gradient_tensor(gray0), gradient_tensor(gray1))):
                     return result
                 return self.textureless_unless_thin(
                     result, lambda path: self._match_pair_on(path, image0, image1))[0]
