@@ -274,7 +274,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "auto: a pair whose gradient energy changed from one frame to the other "
               "unevenly over directions, by more than this ratio, and overall by a factor over "
               "1.65 (motion blur in one frame only: texture.blur_change; consecutive sharp "
-              "frames stay under 1.2) is served by the textureless path, whose keypoints stay "
+              "frames stay under 1.3) is served by the textureless path, whose keypoints stay "
               "centred on the streaks, when it finds at least texture_min_matches matches; 0 "
               "turns the check off.",
               min=0.0, max=100.0, read_only=False),

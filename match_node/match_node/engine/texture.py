@@ -243,9 +243,13 @@ def blur_change(tensor0: np.ndarray, tensor1: np.ndarray,
 
     | pairs | ratio | geometric mean, either way | both over 1.4 / 1.65 |
     |---|---|---|---|
-    | sharp, consecutive | <= 1.2 | <= 1.12 | 0 of 234 |
-    | sharp and blurred (either order) | 1.2-16, median 2.2 | 1.5-7, median 3.3 | 74 of 78 |
+    | sharp, consecutive | <= 1.26 | <= 1.12 | 0 of 234 |
+    | sharp and blurred (either order) | 1.22-5.2, median 2.24 | 1.5-7.1, median 3.25 | 74 of 78 |
     | both blurred, streaks of other lengths and directions | <= 4.2, median 1.4 | <= 1.7, median 1.16 | 1 of 117 |
+    | sharp and defocused, flat, foggy or dark (either order) | <= 6.8, median 1.0-1.2 | 2.2-529 | 6-19 of 78 per kind |
+
+    The last row's flagged pairs go to the textureless path, which serves those frames
+    anyway once the switch has seen them.
     """
     j0 = np.asarray(tensor0, np.float64)
     if linear is not None:
