@@ -346,12 +346,11 @@ class SequentialMatcher:
         self._record_size = features.image_size
         matcher = (self.switch.update(self.pipeline.texture(features)) if mode.switches
                    else self.pipeline.detector_matcher)
-        gray = to_gray(image) if self.pipeline.refining or mode.switches else None
+        refining = self.pipeline.refining
+        gray = to_gray(image) if refining or mode.switches else None
         gradient = gradient_tensor(gray) if mode.switches else None
-        if not self.pipeline.refining:
-            gray = None  # kept for refinement only
-        return Frame(image, features.image_size, matcher, features, gray=gray,
-                     gradient=gradient)
+        return Frame(image, features.image_size, matcher, features,
+                     gray=gray if refining else None, gradient=gradient)  # gray: refinement's
 
     def finish_frame(self, total_ms: float | None = None) -> None:
         """Give the latency budget the frame's measurements. `total_ms` is the whole frame as

@@ -27,9 +27,9 @@ trap of a keypoint detector: on a 12-20 px streak its keypoints sit towards the 
 3-6 px from the sharp frame's along the motion, so LightGlue's matches of such a pair are
 mostly more than 3 px off (bench/lowtexture.py's motion-blur streams: precision 0.27-0.37),
 while SIFT's blobs at a coarse scale stay centred (0.76-0.92). `blur_change` measures it
-from each frame's `gradient_tensor` (`blur_change`): blur along one direction removes
-gradient energy, most of it along the motion, which neither a contrast change (even) nor a
-change of view (carried by the pair's affine map) does.
+from the two frames' `gradient_tensor`s: blur along one direction removes gradient energy,
+most of it along the motion, which neither a contrast change (even) nor a change of view
+(carried by the pair's affine map) does.
 """
 from __future__ import annotations
 
