@@ -112,9 +112,10 @@ def test_contrast_normalise_and_epipolar_inliers():
     H = np.array([[0.98, 0.05, 12], [-0.04, 1.01, 5], [1e-5, 2e-5, 1]])
     k1 = cv2.perspectiveTransform(k0[None], H)[0] + rng.normal(0, 0.3, (200, 2))
     k1[:40] = rng.uniform(0, [640, 480], (40, 2))
-    keep = epipolar_inliers(k0, k1)
-    assert keep[40:].mean() > 0.95 and keep[:40].mean() < 0.2
-    assert epipolar_inliers(k0[:10], k1[:10]).all()  # too few to check: all kept
+    for fast in (False, True):  # MAGSAC++, and MSAC (epipolar_filter_px's real-time path)
+        keep = epipolar_inliers(k0, k1, fast=fast)
+        assert keep[40:].mean() > 0.95 and keep[:40].mean() < 0.2
+        assert epipolar_inliers(k0[:10], k1[:10], fast=fast).all()  # too few: all kept
 
 
 def two_views(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:

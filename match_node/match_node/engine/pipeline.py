@@ -286,7 +286,7 @@ class Pipeline:
         if self.params["epipolar_filter_px"] > 0:
             # The geometric check a matcher without context (nearest neighbours) lacks; any
             # rigid scene passes it, so for VO it only removes outliers.
-            keep = epipolar_inliers(kpts0, kpts1, self.params["epipolar_filter_px"])
+            keep = epipolar_inliers(kpts0, kpts1, self.params["epipolar_filter_px"], fast=True)
             idx0, idx1, scores, kpts0, kpts1 = (a[keep] for a in (idx0, idx1, scores, kpts0, kpts1))
         match_ms = self._clock() - start
         return MatchResult(
