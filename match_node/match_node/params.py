@@ -205,7 +205,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("latency_budget_ms", 0.0,
               "Per-frame latency budget in ms (decode + preprocess + extract + match + "
               "publish); 0 disables it. LightGlue exits at the last layer that fits, and the "
-              "keypoint cap and extraction resolution adapt within their bounds.",
+              "keypoint cap and extraction resolution (backend torch) adapt within their "
+              "bounds.",
               min=0.0, max=60000.0, read_only=False),
     ParamSpec("budget_percentile", 95.0,
               "Percentile of frame times the budget is planned for (prediction errors are "

@@ -170,6 +170,30 @@ def test_impossible_backend_choices_are_refused_in_one_line():
         check_combined({"backend": "openvino", "extractor": "superpoint"})
 
 
+def test_the_preset_budget_lowers_the_cap_and_holds_the_compiled_size(cache):
+    """The CPU preset under a budget no frame can meet (1 ms, so that this machine's speed
+    does not matter): nearest neighbours are timed as one step, which lets the budget lower
+    the keypoint cap frame by frame to min_keypoints, while the resolution stays where
+    OpenVINO compiled it (no compile after start-up; a budget free to resize would compile
+    per size, seconds each)."""
+    config = Path(__file__).resolve().parents[1] / "config" / "cpu_realtime.yaml"
+    values = P.validate({**P.load_yaml(config), "device": "cpu", "allow_download": False,
+                         "latency_budget_ms": 1.0, "min_keypoints": 200})
+    pipeline = Pipeline({k: v for k, v in values.items() if P.SPECS[k].scope == "pipeline"})
+    assert pipeline.fixed_resolution
+    compiled = pipeline.extractor.dense_runner.compiles  # the budget's calibration sizes
+    sequence = make_sequence("astronaut", num_frames=12, size=(320, 240), step=6, seed=5)
+    results = stream_results(pipeline, sequence.frames)
+    caps = [r.keypoint_cap for r in results]
+    # Halfway to the target per frame, once 5 matches are timed: close to the floor by now.
+    assert caps[0] == values["max_keypoints"] and 200 <= caps[-1] <= 230
+    assert all(later <= earlier for earlier, later in zip(caps, caps[1:]))
+    assert {r.extraction_scale for r in results} == {1.0}
+    assert pipeline.budget.cost.assignment.count == len(results)
+    assert pipeline.extractor.dense_runner.compiles == compiled  # 320x240 is one of them
+    assert all(len(r) >= 20 for r in results)
+
+
 def test_epipolar_filter_keeps_a_consistent_subset():
     """epipolar_filter_px (the CPU preset's outlier filter): the filtered matches are a subset
     of the unfiltered ones, fit one fundamental matrix, and are more often correct."""

@@ -93,9 +93,26 @@ def test_disabled_budget_never_stops():
     assert run_layers(budget, clock, [(2000, 2000)] * 9) == 9
 
 
+def whole_match_ms(n0: int, n1: int) -> float:
+    """A matcher without layers (nearest neighbours with the epipolar filter): ~ n0 * n1."""
+    return 4.0 + 60.0 * (n0 / 1000) * (n1 / 1000)
+
+
+def run_whole_match(budget: LatencyBudget, clock: FakeClock, points: list[tuple[int, int]],
+                    started: float = 0.0) -> int:
+    """Drive a FrameDeadline as a matcher without layers does (engine/matchers.py): the whole
+    match is reported as the step after the last layer."""
+    deadline = budget.deadline(started)
+    deadline.before_assignment(0, *points[0])
+    clock.now += whole_match_ms(*points[0])
+    deadline.finish()
+    return 0
+
+
 def simulate(budget: LatencyBudget, clock: FakeClock, frames: int, ext_ms_per_mpix: float,
-             density: float, noise: float = 0.02, seed: int = 0) -> list[tuple[int, int, float]]:
-    """Frames of 640x480: extraction ~ pixels, matching by the fake layer cost."""
+             density: float, noise: float = 0.02, seed: int = 0,
+             match=run_layers) -> list[tuple[int, int, float]]:
+    """Frames of 640x480: extraction ~ pixels, matching by the fake layer cost (or `match`)."""
     rng = np.random.default_rng(seed)
     history = []
     for _ in range(frames):
@@ -108,7 +125,7 @@ def simulate(budget: LatencyBudget, clock: FakeClock, frames: int, ext_ms_per_mp
         start = clock.now
         extract = (5 + ext_ms_per_mpix * pixels / 1e6 + 0.01 * points) * rng.uniform(1 - noise, 1 + noise)
         clock.now += extract
-        ran = run_layers(budget, clock, [(points, points)] * 9, started=start)
+        ran = match(budget, clock, [(points, points)] * 9, started=start)
         total = clock.now - start
         budget.observe(FrameRecord(0.0, extract, total - extract, total, int(pixels), points,
                                    settings.max_keypoints, side), (640, 480))
@@ -132,6 +149,35 @@ def test_controller_lowers_resolution_where_extraction_dominates():
     history = simulate(budget, clock, 80, ext_ms_per_mpix=800, density=0.0008)  # ~250 points
     assert history[-1][1] < 640
     assert max(h[2] for h in history[40:]) <= 250.0
+
+
+def test_controller_sizes_the_cap_of_a_matcher_without_layers():
+    # Regression: with nearest neighbours the budget never adapted (it waited for LightGlue
+    # layer timings), so the CPU preset's frames were not sized to its budget at all.
+    clock = FakeClock()
+    budget = LatencyBudget(budget_ms=80.0, max_keypoints=1024, max_image_side=1024,
+                           clock=clock)
+    history = simulate(budget, clock, 80, ext_ms_per_mpix=60, density=0.005,
+                       match=run_whole_match)
+    assert budget.cost.layer.count == 0 and budget.cost.assignment.count == 80
+    assert history[0][2] > 80.0            # 1024 points: 27 + 67 ms
+    assert history[-1][0] < 1024  # the cap lowered (matching was most of the frame)
+    assert max(h[2] for h in history[40:]) <= 80.0
+
+
+def test_a_held_resolution_leaves_the_cap_to_the_budget():
+    # An inference engine compiles per image size: the pipeline holds the resolution by a
+    # lower bound above every side, and the budget then meets an overload with the cap.
+    from match_node.engine.pipeline import FIXED_SIDE
+    for max_side in (1024, 0):
+        budget, clock = trained_budget(250.0)
+        budget.configure(250.0, 95.0, 128, 1024, FIXED_SIDE, max_side, 3)
+        history = simulate(budget, clock, 60, ext_ms_per_mpix=500, density=0.005)
+        assert {h[1] for h in history[1:]} == {640}  # (the first frame: size unknown)
+        assert history[-1][0] < 1024
+    free, clock = trained_budget(250.0)
+    history = simulate(free, clock, 60, ext_ms_per_mpix=500, density=0.005)
+    assert history[-1][1] < 640  # the same load, free to: the resolution goes down
 
 
 def test_controller_recovers_with_headroom_and_does_not_oscillate():

@@ -248,7 +248,10 @@ class LatencyBudget:
                                 else 0.8 * self._full_count + 0.2 * record.detected)
         elif not self._full_count:
             self._full_count = float(record.detected)
-        if self.enabled and self.extraction.count >= 3 and self.cost.layer.count >= 5:
+        # A matcher without layers (nearest neighbours, SuperGlue) is timed as a whole, as
+        # the assignment step: the control needs either model.
+        matching_known = self.cost.layer.count >= 5 or self.cost.assignment.count >= 5
+        if self.enabled and self.extraction.count >= 3 and matching_known:
             self._adapt()
 
     def _adapt(self) -> None:
@@ -268,7 +271,8 @@ class LatencyBudget:
         goal = 0.95 * self.budget_ms  # plan a little below the budget, not on its edge
         if demand > 0.97 * self.budget_ms:
             points = self._points(cap)
-            matching = self.target_layers * self.cost.predict_layer(int(points), int(points))
+            matching = (self.target_layers * self.cost.predict_layer(int(points), int(points))
+                        + self.cost.predict_assignment(int(points), int(points)))
             if (matching > 0.5 * demand or side <= side_low) and cap > self.min_keypoints:
                 # Bring the cap to where it binds, then to what fits.
                 top = min(cap, max(points, self.min_keypoints))

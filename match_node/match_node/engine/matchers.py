@@ -113,8 +113,9 @@ class KeypointMatcher:
 
     def run(self, model: nn.Module, features0: Features, features1: Features,
             hook: LayerHook | None, min_exit_matches: int) -> MatchOutput:
-        """Match one pair. `hook` and `min_exit_matches` reach the matchers that use them
-        (budget_cuts, exit_guard); the others ignore them."""
+        """Match one pair. `min_exit_matches` reaches the matchers with exit_guard. `hook`
+        sees the layers of matchers with budget_cuts; the others report their whole match to
+        it as the step after the last layer (before_assignment), which the budget then times."""
         raise NotImplementedError
 
     def layer_probe(self, model: nn.Module, points: int, generator: torch.Generator,
@@ -211,8 +212,11 @@ class SuperGlueMatcher(KeypointMatcher):
 
     def run(self, model: nn.Module, features0: Features, features1: Features,
             hook: LayerHook | None, min_exit_matches: int) -> MatchOutput:
-        # No hook: SuperGlue cannot stop between layers, and the budget's hook would count
-        # its layers as LightGlue layer costs.
+        # The hook is not passed down: SuperGlue cannot stop between layers. As for nearest
+        # neighbours, its whole match is the budget's step after the last layer (~ n0 * n1,
+        # as its attention is), from which the budget sizes the keypoint cap.
+        if hook is not None:
+            hook.before_assignment(0, len(features0), len(features1))
         size0, size1 = _sizes(features0, features1)
         return model(features0.keypoints[None], features1.keypoints[None],
                      features0.descriptors[None], features1.descriptors[None], size0, size1,
@@ -225,6 +229,11 @@ class NearestMatcher(KeypointMatcher):
 
     def run(self, model: nn.Module, features0: Features, features1: Features,
             hook: LayerHook | None, min_exit_matches: int) -> MatchOutput:
+        if hook is not None:
+            # No layers to cut: the whole match (and the epipolar filter after it) is what
+            # the budget models as the step after the last layer, ~ n0 * n1. From that and
+            # the extraction model it sizes the keypoint cap and the resolution.
+            hook.before_assignment(0, len(features0), len(features1))
         return model(features0.descriptors, features1.descriptors)
 
 

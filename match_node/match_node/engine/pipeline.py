@@ -60,6 +60,9 @@ def resolve_device(device_name: str) -> tuple[torch.device, str | None]:
 # The overall change of gradient energy (a factor, either way) that, with an uneven one
 # (`texture_blur_mismatch`), marks motion blur in one frame of a pair (texture.blur_change).
 BLUR_ENERGY_CHANGE = 1.65
+# min_image_side given to the budget to hold the resolution: above any image side (params.py
+# caps sides at 8192), so the budget takes it as equal to its upper bound.
+FIXED_SIDE = 1 << 16
 
 
 class Pipeline:
@@ -95,6 +98,11 @@ class Pipeline:
                                        self.extractor_name, self.device)
         if dense is not None:
             self.extractor.dense_runner = dense
+        # An inference engine compiles the dense part once per input size, for seconds: the
+        # latency budget must not wander through sizes, so it keeps the resolution there and
+        # adapts the keypoint cap only.
+        self.fixed_resolution = dense is not None
+        self._fixed_resolution_logged = False
         self.matcher, self.matcher_weights = self.keypoint_matcher.load(self.family, self.params)
         self.extractor.eval().to(self.device)
         self.matcher.eval().to(self.device)
@@ -174,15 +182,21 @@ class Pipeline:
         for path in self.keypoint_paths.values():
             path.apply(p)
         self.budget.detection_threshold = self.detection_threshold
+        # A lower bound above every upper bound holds the resolution (see LatencyBudget).
+        min_side = FIXED_SIDE if self.fixed_resolution else p["min_image_side"]
         self.budget.configure(p["latency_budget_ms"], p["budget_percentile"],
-                              p["min_keypoints"], p["max_keypoints"], p["min_image_side"],
+                              p["min_keypoints"], p["max_keypoints"], min_side,
                               p["max_image_side"], p["budget_target_layers"])
+        if self.budget.enabled and self.fixed_resolution and not self._fixed_resolution_logged:
+            log.info("backend '%s' compiles the extractor per image size: the latency budget "
+                     "adapts the keypoint cap, not the resolution", p["backend"])
+            self._fixed_resolution_logged = True
         if self.budget.enabled and not self._calibrated:
             self.calibrate()
         if self.budget.enabled and not self.keypoint_matcher.budget_cuts:
-            log.warning("latency_budget_ms is enforced through LightGlue's layers; with "
-                        "matcher '%s' the budget is reported and timed but frames are not "
-                        "cut short", self.matcher_name)
+            log.warning("with matcher '%s' the latency budget sizes the keypoint cap and the "
+                        "resolution and skips refinement, but cannot cut a frame short (that "
+                        "needs LightGlue's layers)", self.matcher_name)
 
     def calibrate(self) -> None:
         """Seed the budget's cost models on this device: one LightGlue layer on random points
@@ -278,8 +292,6 @@ class Pipeline:
             out = self._run_matcher(features0, features1, hook)
         matches = out.matches.cpu().numpy()
         scores = out.scores.float().cpu().numpy()
-        if hook is not None and hasattr(hook, "finish"):
-            hook.finish()
         idx0, idx1 = matches[:, 0], matches[:, 1]
         kpts0 = features0.keypoints.cpu().numpy()[idx0]
         kpts1 = features1.keypoints.cpu().numpy()[idx1]
@@ -288,6 +300,8 @@ class Pipeline:
             # rigid scene passes it, so for VO it only removes outliers.
             keep = epipolar_inliers(kpts0, kpts1, self.params["epipolar_filter_px"], fast=True)
             idx0, idx1, scores, kpts0, kpts1 = (a[keep] for a in (idx0, idx1, scores, kpts0, kpts1))
+        if hook is not None and hasattr(hook, "finish"):
+            hook.finish()  # the assignment's time includes the filter: the budget plans both
         match_ms = self._clock() - start
         return MatchResult(
             keypoints0=kpts0.astype(np.float32), keypoints1=kpts1.astype(np.float32),
