@@ -128,7 +128,7 @@ def methods() -> dict[str, Callable[[], Step]]:
         "ours XFeat + NN + epipolar filter 1 px": ours({"extractor": "xfeat", "matcher": "nn",
                                                          "epipolar_filter_px": 1.0}),
         "CPU real-time preset (config/cpu_realtime.yaml: XFeat in OpenVINO + NN ratio 0.7 + "
-        "epipolar filter 0.75 px, budget 90 ms)": ours({}, "cpu_realtime.yaml"),
+        "epipolar filter 0.75 px, budget 85 ms)": ours({}, "cpu_realtime.yaml"),
         "CPU real-time preset, backend torch": ours({"backend": "torch"}, "cpu_realtime.yaml"),
     }
 
