@@ -114,11 +114,12 @@ def test_autocast_keeps_fp32_parts(frames, extractor, matcher, dtype):
     for op in FP32_OPS:
         assert seen.get(op, {torch.float32}) <= {torch.float32, torch.float64}, (op, seen[op])
     if matcher == "nn":
-        # The distances' matmul stays fp32 (test_nearest_distances_ignore_autocast checks it
-        # alone); ALIKED's descriptor head mixes and aggregates its samples with matmuls
-        # that autocast lowers, as it lowered that head's convolutions.
-        expected = {torch.float32, dtype} if extractor.startswith("aliked") else {torch.float32}
-        assert seen["mm"] == expected, seen["mm"]
+        # The distances' matmul (an addmm) stays fp32 (test_nearest_distances_ignore_autocast
+        # checks it alone); ALIKED's descriptor head mixes and aggregates its samples with
+        # matmuls (mm) that autocast lowers, as it lowered that head's convolutions.
+        assert seen["addmm"] == {torch.float32}, seen["addmm"]
+        if extractor.startswith("aliked"):
+            assert seen["mm"] == {torch.float32, dtype}, seen["mm"]
     assert half.keypoints0.dtype == np.float32
     # fp16 ties reorder keypoints: compare by position.
     # bf16's 8-bit mantissa moves more keypoints (GPU-NOTES: 90-93% agree at 640x480).
