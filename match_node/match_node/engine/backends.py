@@ -6,25 +6,25 @@ NMS: ~70% of a frame, measured with torch.profiler), while
 LightGlue's layers are close to what the CPU can do and must stay in Python anyway: the
 latency budget decides after every layer whether to run the next, and pruning changes the
 number of points from layer to layer. So `backend: openvino` runs the extractor's dense part
-(`dense`: image -> feature branches, score map, NMS peaks) as a compiled OpenVINO model and
+(`dense`: image -> feature branches, score map) as a compiled OpenVINO model and
 everything else (keypoint selection, descriptors, matching, budget) as before; outputs agree
 with PyTorch to ~1e-5 (test_backends.py checks keypoints to 1e-3 px and identical matches on
 real images).
 
 Shapes: OpenVINO compiles for one input size. The image size is fixed per camera, so the
-dense part is converted and compiled once per size (and NMS radius) and kept; a new size
-compiles again
+dense part is converted and compiled once per size and kept; a new size compiles again
 without stopping anything (the frame that brings it pays the compile). Converted models are
 cached on disk under `cache_dir()`, keyed by the model's name, a hash of its weights, the
-input size, the OpenVINO version and the precision, so a restart reads them instead of
-converting again; OpenVINO's own compiled-blob cache sits beside them.
+input size, the revision of what `dense` returns (GRAPH_REVISION), the OpenVINO version and
+the precision, so a restart reads them instead of converting again; OpenVINO's own
+compiled-blob cache sits beside them.
 
 Precision: f32, always. OpenVINO's CPU plugin otherwise picks bf16 on CPUs that have it, which
 moves ALIKED's outputs by ~0.15 (measured) and changes keypoints.
 
 `backend: onnxruntime` does the same with ONNX Runtime's CPU execution provider: the dense part
 is exported to ONNX (engine/export.py, with ALIKED's deformable convolutions in plain ops) once
-per size and NMS radius into the same cache directory, keyed the same way; the exported file is
+per size into the same cache directory, keyed the same way; the exported file is
 also what other engines (TensorRT) take. test_export.py checks it like test_backends.py.
 """
 from __future__ import annotations
@@ -45,6 +45,10 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "openvino", "onnxruntime")
+# In cached file names: bumped whenever what the models' `dense` returns changes, so that a
+# cache written by an older version is never read as this one's graph. 2: ALIKED's NMS peaks
+# left the graph (detection runs it on the pixels above the threshold).
+GRAPH_REVISION = 2
 # An image (B x C x H x W) -> the dense part's output tensors.
 Dense = Callable[[torch.Tensor], list[torch.Tensor]]
 
@@ -84,7 +88,7 @@ class _DenseModule(nn.Module):
 
 class _EngineDense(abc.ABC):
     """What every inference-engine runner of a dense part shares: one compiled model per
-    input shape and NMS radius (what a traced graph bakes in), built on first use by the
+    input shape (what a traced graph bakes in), built on first use by the
     subclass's `_build`, run on CPU float arrays by its `_run`.
 
     `owner` is the extractor with its weights loaded; `name` identifies the model in cache
@@ -104,7 +108,7 @@ class _EngineDense(abc.ABC):
         self._built: dict[tuple, object] = {}
 
     def _key(self, image: torch.Tensor) -> tuple:
-        return (*image.shape, int(self._owner.conf.get("nms_radius", 0)))
+        return tuple(image.shape)
 
     @abc.abstractmethod
     def _build(self, example: torch.Tensor, key: tuple) -> object:
@@ -152,9 +156,9 @@ class OpenVinoDense(_EngineDense):
         self.compiles = 0      # models compiled for the CPU
 
     def _path(self, key: tuple) -> Path:
-        b, c, h, w, radius = key
+        b, c, h, w = key
         version = self._ov.__version__.split("-")[0]
-        return self.cache / (f"{self.name}-{self.digest}-{w}x{h}x{c}-b{b}-nms{radius}"
+        return self.cache / (f"{self.name}-{self.digest}-{w}x{h}x{c}-b{b}-r{GRAPH_REVISION}"
                              f"-ov{version}-f32.xml")
 
     def _build(self, example: torch.Tensor, key: tuple) -> object:
@@ -262,11 +266,11 @@ class OnnxRuntimeDense(_EngineDense):
         self.sessions = 0   # inference sessions created
 
     def path(self, key: tuple) -> Path:
-        """The cached ONNX file for a (B, C, H, W, radius) key."""
+        """The cached ONNX file for a (B, C, H, W) key."""
         from .export import OPSET
-        b, c, h, w, radius = key
+        b, c, h, w = key
         version = torch.__version__.split("+")[0]
-        return self.cache / (f"{self.name}-{self.digest}-{w}x{h}x{c}-b{b}-nms{radius}"
+        return self.cache / (f"{self.name}-{self.digest}-{w}x{h}x{c}-b{b}-r{GRAPH_REVISION}"
                              f"-onnx{OPSET}-torch{version}-f32.onnx")
 
     def _build(self, example: torch.Tensor, key: tuple) -> object:

@@ -1,4 +1,4 @@
-"""ONNX export of ALIKED's dense part (image -> 4 branches, score map, NMS peaks), for
+"""ONNX export of ALIKED's dense part (image -> 4 branches, score map), for
 `backend: onnxruntime` (engine/backends.py) and for deployment with other engines (TensorRT:
 README, "Deployment: ONNX / TensorRT").
 
@@ -7,7 +7,8 @@ knows. For export only, each DeformConv is swapped for ExportableDeformConv, whi
 the same function in plain tensor ops (bilinear sampling of the 9 taps by gather, then one
 matmul with the convolution weight); the model that runs in PyTorch is never changed.
 
-One graph per input size and NMS radius: shapes are traced as constants, as for OpenVINO.
+One graph per input size: shapes are traced as constants, as for OpenVINO. NMS is not in
+the graph: it runs in PyTorch on the pixels above the detection threshold (ALIKED.detect).
 
     python -m match_node.engine.export --extractor aliked-n16 --size 640x480 --output DIR
 """
@@ -26,7 +27,7 @@ from torch import nn
 from ..models.aliked import DeformConv
 
 OPSET = 19
-OUTPUT_NAMES = ("branch1", "branch2", "branch3", "branch4", "scores", "peaks")
+OUTPUT_NAMES = ("branch1", "branch2", "branch3", "branch4", "scores")
 
 
 def deform_conv2d_gather(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
@@ -174,20 +175,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=parse_size, required=True, help="WIDTHxHEIGHT")
     parser.add_argument("--output", type=Path, required=True, help="output directory")
     parser.add_argument("--weights", default="", help="checkpoint (default: official file)")
-    parser.add_argument("--nms-radius", type=int, default=-1,
-                        help="NMS radius baked into the graph (-1: the model's own)")
     parser.add_argument("--lightglue", action="store_true",
                         help="also write the LightGlue layers, one graph each")
     parser.add_argument("--allow-download", action="store_true")
     args = parser.parse_args(argv)
     # The pipeline resolves weights and run-time parameters exactly as the node does.
     pipeline = Pipeline({"device": "cpu", "extractor": args.extractor,
-                         "extractor_weights": args.weights, "nms_radius": args.nms_radius,
+                         "extractor_weights": args.weights,
                          "allow_download": args.allow_download, "matcher": "lightglue"})
     model = pipeline.extractor
     w, h = args.size
-    radius = int(model.conf["nms_radius"])
-    path = args.output / f"{args.extractor}-dense-{w}x{h}-nms{radius}.onnx"
+    path = args.output / f"{args.extractor}-dense-{w}x{h}.onnx"
     export_dense(model.eval(), torch.zeros(1, 3, h, w), path)
     print(path)
     if args.lightglue:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .nms import simple_nms
+from .nms import local_maxima_above, simple_nms
 
 # Channel widths c1..c4, descriptor dim, SDDH kernel size and number of sample positions.
 VARIANTS: dict[str, tuple[int, int, int, int, int, int, int]] = {
@@ -399,41 +399,49 @@ class ALIKED(nn.Module):
 
     def dense(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Everything dense, for an image of one size: the four branches (of the padded
-        image), the score map and its peaks. Most of the network's time on a CPU, and free of
-        data-dependent shapes, so an inference engine can compile it (engine/backends.py)."""
+        image) and the score map. Most of the network's time on a CPU, and free of
+        data-dependent shapes, so an inference engine can compile it (engine/backends.py).
+        NMS is not part of it: above a detection threshold it runs on the few pixels above
+        it (`detect`), ~20x cheaper than the ten full-resolution max-pools of a dense NMS."""
         h, w = image.shape[-2:]
         branches, offset = self.branches(image)
-        scores = self.score_map(branches, (w, h), offset)
-        return [*branches, scores, self.peaks(scores)]
+        return [*branches, self.score_map(branches, (w, h), offset)]
 
-    def detect(self, scores: torch.Tensor,
-               peaks: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Keypoints (pixels, Nx2 as x, y) and their scores per image from a score map (and
-        its `peaks`, computed here when not given)."""
+    def _selected(self, scores: torch.Tensor) -> list[torch.Tensor]:
+        """Per image, the row-major flat indices of the keypoints: NMS peaks inside the
+        border above the detection threshold, the `max_num_keypoints` best if more (or, with
+        threshold 0, the best peaks)."""
         b, _, h, w = scores.shape
         radius = self.conf["nms_radius"]
-        if peaks is None:
-            peaks = self.peaks(scores)
-
         threshold = self.conf["detection_threshold"]
         cap = self.conf["max_num_keypoints"]
         cap = cap if cap > 0 else self.max_keypoints_limit
-        flat_peaks = peaks.view(b, -1)
         flat_scores = scores.view(b, -1)
+        if threshold <= 0:
+            flat_peaks = self.peaks(scores).view(b, -1)
+            return list(torch.topk(flat_peaks, min(cap, flat_peaks.shape[1]), dim=1).indices)
         selected = []
-        if threshold > 0:
-            above = flat_peaks > threshold
-            if self.conf["mean_fallback"] and not above.any():
-                above = flat_peaks > flat_scores.mean(dim=1, keepdim=True)
-            for i in range(b):
-                idx = above[i].nonzero()[:, 0]
-                if idx.numel() > cap:
-                    order = flat_scores[i, idx].sort(descending=True).indices
-                    idx = idx[order[:cap]]
-                selected.append(idx)
-        else:
-            top = torch.topk(flat_peaks, min(cap, flat_peaks.shape[1]), dim=1).indices
-            selected = list(top)
+        for i in range(b):
+            idx = local_maxima_above(scores[i, 0], radius, threshold)
+            x, y = idx % w, torch.div(idx, w, rounding_mode="floor")
+            # Keypoints need a full soft-argmax window inside the image (as `peaks`).
+            selected.append(idx[(x >= radius) & (x < w - radius)
+                                & (y >= radius) & (y < h - radius)])
+        if self.conf["mean_fallback"] and not any(idx.numel() for idx in selected):
+            flat_peaks = self.peaks(scores).view(b, -1)
+            above = flat_peaks > flat_scores.mean(dim=1, keepdim=True)
+            selected = [above[i].nonzero()[:, 0] for i in range(b)]
+        for i, idx in enumerate(selected):
+            if idx.numel() > cap:
+                order = flat_scores[i, idx].sort(descending=True).indices
+                selected[i] = idx[order[:cap]]
+        return selected
+
+    def detect(self, scores: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Keypoints (pixels, Nx2 as x, y) and their scores per image from a score map."""
+        b, _, h, w = scores.shape
+        radius = self.conf["nms_radius"]
+        selected = self._selected(scores)
 
         # Soft-argmax refinement in the (2r+1)^2 window around each peak, gathering only the
         # selected windows (zero padding outside the image, like F.unfold with padding).
@@ -468,9 +476,9 @@ class ALIKED(nn.Module):
         if image.shape[1] == 1:
             image = image.expand(-1, 3, -1, -1)
         h, w = image.shape[-2:]
-        *branches, scores, peaks = (self.dense_runner or self.dense)(image)
+        *branches, scores = (self.dense_runner or self.dense)(image)
         offset = (((-w) % 32) // 2, ((-h) % 32) // 2)  # as branches() pads
-        keypoints, keypoint_scores = self.detect(scores, peaks)
+        keypoints, keypoint_scores = self.detect(scores)
         padded = (branches[0].shape[-1], branches[0].shape[-2])
         descriptors = [
             self.desc_head(FeatureSource([b[i:i + 1] for b in branches], padded, offset, (w, h)), kpts)

@@ -32,3 +32,44 @@ def simple_nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
         remaining = torch.where(suppressed, zeros, scores)
         is_max = is_max | ((remaining == max_pool(remaining)) & ~suppressed)
     return torch.where(is_max, scores, zeros)
+
+
+def local_maxima_above(scores: torch.Tensor, radius: int, threshold: float) -> torch.Tensor:
+    """Row-major flat indices of the pixels of one H x W score map that `simple_nms` keeps
+    with a score above `threshold` (> 0): the same pixels, computed on those pixels only.
+
+    Why it is exact: a pixel q can suppress, or tie with, a pixel p of its window only with a
+    score of at least p's (a maximum of a window holds its largest score; a later-round
+    maximum is compared with p's score while p is not suppressed, and a suppressed p stays
+    suppressed). So whether a pixel above the threshold survives depends only on the other
+    pixels above it, and the pixels below never need a max-pool. With ALIKED's threshold
+    (0.2) they are ~1% of a real frame: 3 ms instead of 68 for ten full-resolution max-pools
+    at 640x480 on 2 CPU threads.
+    """
+    if threshold <= 0:
+        raise ValueError("local_maxima_above needs a threshold above 0 (use simple_nms)")
+    h, w = scores.shape
+    candidates = (scores > threshold).nonzero()                # M x 2 (y, x), row-major
+    count = candidates.shape[0]
+    padded_w = w + 2 * radius
+    centre = (candidates[:, 0] + radius) * padded_w + candidates[:, 1] + radius
+    # Each pixel of the padded map -> its candidate number; `count` marks "no candidate".
+    number = torch.full(((h + 2 * radius) * padded_w,), count, dtype=torch.long,
+                        device=scores.device)
+    number[centre] = torch.arange(count, device=scores.device)
+    steps = torch.arange(-radius, radius + 1, device=scores.device)
+    window = (steps[:, None] * padded_w + steps[None, :]).reshape(-1)
+    neighbours = number[centre[:, None] + window[None, :]]     # M x (2r+1)^2, self included
+    values = scores[candidates[:, 0], candidates[:, 1]]
+    lowest = values.new_full((1,), float("-inf"))
+
+    def window_max(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, lowest])[neighbours].max(dim=1).values
+
+    is_max = values == window_max(values)
+    for _ in range(2):  # simple_nms's two recovery rounds, on the candidates
+        suppressed = torch.cat([is_max, is_max.new_zeros(1)])[neighbours].any(dim=1)
+        remaining = torch.where(suppressed, torch.zeros_like(values), values)
+        is_max = is_max | ((remaining == window_max(remaining)) & ~suppressed)
+    kept = candidates[is_max]
+    return kept[:, 0] * w + kept[:, 1]
