@@ -184,14 +184,15 @@ class RecordingHook:
     """A LayerHook that lets every layer run and counts the calls."""
 
     def __init__(self) -> None:
-        self.calls = 0
+        self.layers = 0
+        self.assignments: list[tuple[int, int]] = []
 
     def before_layer(self, layer: int, n0: int, n1: int) -> bool:
-        self.calls += 1
+        self.layers += 1
         return True
 
     def before_assignment(self, layer: int, n0: int, n1: int) -> None:
-        self.calls += 1
+        self.assignments.append((n0, n1))
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +239,13 @@ def test_keypoint_matchers_run_through_one_signature(name, coffee_pair, weight_f
     hook = RecordingHook()
     out = entry.run(pipeline.matcher, features0, features1, hook, 0)
     assert isinstance(out, MatchOutput)
-    # The budget's hook reaches the matchers it can cut, and no other.
-    assert (hook.calls > 0) == entry.budget_cuts
+    # The budget's hook sees the layers of the matchers it can cut, and no other's; every
+    # matcher reports the step after its last layer once (for a matcher without layers its
+    # whole match, on all the points), which the budget times.
+    assert (hook.layers > 0) == entry.budget_cuts
+    assert len(hook.assignments) == 1
+    if not entry.budget_cuts:
+        assert hook.assignments[0] == (len(features0), len(features1))
     matches = out.matches.numpy()
     assert matches.shape == (len(out.scores), 2) and len(matches) >= min_matches
     assert matches[:, 0].max() < len(features0) and matches[:, 1].max() < len(features1)
