@@ -194,9 +194,9 @@ class Pipeline:
         if self.budget.enabled and not self._calibrated:
             self.calibrate()
         if self.budget.enabled and not self.keypoint_matcher.budget_cuts:
-            log.warning("with matcher '%s' the latency budget sizes the keypoint cap and the "
-                        "resolution and skips refinement, but cannot cut a frame short (that "
-                        "needs LightGlue's layers)", self.matcher_name)
+            log.warning("with matcher '%s' the latency budget sizes the keypoint cap (and, "
+                        "with backend torch, the resolution) and skips refinement, but cannot "
+                        "cut a frame short (that needs LightGlue's layers)", self.matcher_name)
 
     def calibrate(self) -> None:
         """Seed the budget's cost models on this device: one LightGlue layer on random points
