@@ -40,9 +40,14 @@ def test_equal_to_the_dense_nms_where_scores_tie():
         for radius in (1, 2, 3):
             first_round = (scores == F.max_pool2d(scores[None, None], 2 * radius + 1, 1,
                                                   radius)[0, 0]).sum()
+            pooled = F.max_pool2d(scores[None, None], 2 * radius + 1, 1, radius)[0, 0]
             for threshold in (0.1, 0.3, 0.6):
                 sparse = local_maxima_above(scores, radius, threshold)
                 assert torch.equal(sparse, dense_reference(scores, radius, threshold))
+                # Without recovery rounds: the plain rule (XFeat's peaks).
+                plain = ((scores == pooled) & (scores > threshold)).reshape(-1).nonzero()[:, 0]
+                assert torch.equal(local_maxima_above(scores, radius, threshold, rounds=0),
+                                   plain)
             recovered += int(simple_nms(scores[None, None], radius).count_nonzero()
                              > first_round)
     assert recovered > 0  # the recovery rounds did add maxima in some of these maps

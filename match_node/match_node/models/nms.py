@@ -34,9 +34,13 @@ def simple_nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.where(is_max, scores, zeros)
 
 
-def local_maxima_above(scores: torch.Tensor, radius: int, threshold: float) -> torch.Tensor:
+def local_maxima_above(scores: torch.Tensor, radius: int, threshold: float,
+                       rounds: int = 2, candidates: torch.Tensor | None = None
+                       ) -> torch.Tensor:
     """Row-major flat indices of the pixels of one H x W score map that `simple_nms` keeps
     with a score above `threshold` (> 0): the same pixels, computed on those pixels only.
+    With `rounds` 0 (no recovery rounds): the plain rule `x == max_pool(x) & x > threshold`
+    (XFeat's). `candidates`: `(scores > threshold).nonzero()` where the caller has it.
 
     Why it is exact: a pixel q can suppress, or tie with, a pixel p of its window only with a
     score of at least p's (a maximum of a window holds its largest score; a later-round
@@ -49,27 +53,26 @@ def local_maxima_above(scores: torch.Tensor, radius: int, threshold: float) -> t
     if threshold <= 0:
         raise ValueError("local_maxima_above needs a threshold above 0 (use simple_nms)")
     h, w = scores.shape
-    candidates = (scores > threshold).nonzero()                # M x 2 (y, x), row-major
-    count = candidates.shape[0]
+    if candidates is None:
+        candidates = (scores > threshold).nonzero()            # M x 2 (y, x), row-major
     padded_w = w + 2 * radius
     centre = (candidates[:, 0] + radius) * padded_w + candidates[:, 1] + radius
-    # Each pixel of the padded map -> its candidate number; `count` marks "no candidate".
-    number = torch.full(((h + 2 * radius) * padded_w,), count, dtype=torch.long,
-                        device=scores.device)
-    number[centre] = torch.arange(count, device=scores.device)
     steps = torch.arange(-radius, radius + 1, device=scores.device)
-    window = (steps[:, None] * padded_w + steps[None, :]).reshape(-1)
-    neighbours = number[centre[:, None] + window[None, :]]     # M x (2r+1)^2, self included
-    values = scores[candidates[:, 0], candidates[:, 1]]
-    lowest = values.new_full((1,), float("-inf"))
-
-    def window_max(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, lowest])[neighbours].max(dim=1).values
-
-    is_max = values == window_max(values)
-    for _ in range(2):  # simple_nms's two recovery rounds, on the candidates
-        suppressed = torch.cat([is_max, is_max.new_zeros(1)])[neighbours].any(dim=1)
+    window = centre[:, None] + (steps[:, None] * padded_w + steps[None, :]).reshape(-1)
+    # The map padded with -inf (outside the image nothing counts); in the recovery rounds
+    # the same flat layout holds the candidates' state, -inf / False everywhere else.
+    padded = F.pad(scores, (radius,) * 4, value=float("-inf")).reshape(-1)
+    values = padded[centre]
+    is_max = values >= padded[window].max(dim=1).values       # M x (2r+1)^2 windows
+    if rounds:
+        flags = torch.zeros_like(padded, dtype=torch.bool)
+        remaining_map = torch.full_like(padded, float("-inf"))
+    for _ in range(rounds):  # simple_nms's two recovery rounds, on the candidates
+        flags[centre] = is_max
+        suppressed = flags[window].any(dim=1)
         remaining = torch.where(suppressed, torch.zeros_like(values), values)
-        is_max = is_max | ((remaining == window_max(remaining)) & ~suppressed)
+        remaining_map[centre] = remaining
+        is_max = is_max | ((remaining >= remaining_map[window].max(dim=1).values)
+                           & ~suppressed)
     kept = candidates[is_max]
     return kept[:, 0] * w + kept[:, 1]

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .lightglue import LightGlue
+from .nms import local_maxima_above
 
 
 class BasicLayer(nn.Module):
@@ -97,25 +98,20 @@ def _peaks(heatmap: torch.Tensor, threshold: float, radius: int) -> torch.Tensor
 
     This is the official `x == max_pool(x) & x > threshold`. Only pixels above the threshold
     can be peaks, and with the official threshold they are a few percent of the image, so
-    comparing just those with their neighbours is several times cheaper than max-pooling the
-    full-resolution map.
+    comparing just those with each other (nms.local_maxima_above without recovery rounds) is
+    several times cheaper than max-pooling the full-resolution map.
     """
     h, w = heatmap.shape
     candidates = (heatmap > threshold).nonzero()                   # N x 2 (y, x)
-    if candidates.shape[0] > h * w // 8:
-        k = 2 * radius + 1
-        # Dense case (a low threshold): a max filter, separable into rows then columns.
-        pooled = F.max_pool2d(heatmap[None, None], (1, k), stride=1, padding=(0, radius))
-        pooled = F.max_pool2d(pooled, (k, 1), stride=1, padding=(radius, 0))[0, 0]
-        return ((heatmap == pooled) & (heatmap > threshold)).nonzero().flip(-1)
-    padded = F.pad(heatmap, (radius,) * 4, value=float("-inf")).reshape(-1)
-    stride = w + 2 * radius
-    steps = torch.arange(-radius, radius + 1, device=heatmap.device)
-    window = (steps[:, None] * stride + steps[None, :]).reshape(-1)   # (2r+1)^2 offsets
-    centre = (candidates[:, 0] + radius) * stride + candidates[:, 1] + radius
-    neighbourhood = padded[centre[:, None] + window[None, :]]
-    is_peak = padded[centre] >= neighbourhood.max(dim=1).values
-    return candidates[is_peak].flip(-1)
+    if threshold > 0 and candidates.shape[0] <= h * w // 8:
+        index = local_maxima_above(heatmap, radius, threshold, rounds=0,
+                                   candidates=candidates)
+        return torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], 1)
+    # Dense case (a low threshold): a max filter, separable into rows then columns.
+    k = 2 * radius + 1
+    pooled = F.max_pool2d(heatmap[None, None], (1, k), stride=1, padding=(0, radius))
+    pooled = F.max_pool2d(pooled, (k, 1), stride=1, padding=(radius, 0))[0, 0]
+    return ((heatmap == pooled) & (heatmap > threshold)).nonzero().flip(-1)
 
 
 class XFeat(nn.Module):
