@@ -83,6 +83,7 @@ NO_FALLBACK = "match_node.yaml, textureless_fallback none (ours)"
 KEEP_OFF = "match_node.yaml, refine_outliers keep (ours)"
 VERIFY_OFF = "match_node.yaml, textureless_verify off (ours)"
 BLUR_OFF = "match_node.yaml, texture_blur_mismatch 0 (ours)"
+COARSE_OFF = "match_node.yaml, refine_coarse_levels 0 (ours)"
 
 
 def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
@@ -106,6 +107,8 @@ def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
                                         served.setdefault(VERIFY_OFF, Counter()))),
         (BLUR_OFF, lambda: configured({**base, **loftr_file, "texture_blur_mismatch": 0.0},
                                       served.setdefault(BLUR_OFF, Counter()))),
+        (COARSE_OFF, lambda: configured({**base, **loftr_file, "refine_coarse_levels": 0},
+                                        served.setdefault(COARSE_OFF, Counter()))),
         ("ALIKED+LightGlue, previous default (ours)", lambda: ours(shipped_before)),
         ("ALIKED+LightGlue (official)", lambda: official_matcher("aliked", args.device)),
         ("ALIKED top-k+LightGlue (ours)", lambda: ours(shipped_before, detection_threshold=0.0)),
@@ -153,7 +156,7 @@ def evaluate(run: MatchFn, data: list[dict], size: tuple[int, int]) -> tuple[dic
 
 def kind_lines(per_pair: list[dict], methods: tuple[str, ...] = (
         "ALIKED+LightGlue, previous default (ours)", NO_FALLBACK, KEEP_OFF, VERIFY_OFF, BLUR_OFF,
-        SHIPPED)
+        COARSE_OFF, SHIPPED)
                ) -> list[str]:
     """Per low-texture kind: pairs without match, failures, precision and AUC@3px of
     `methods`, and the pairs the shipped configuration fails on, with how many methods of the

@@ -19,9 +19,17 @@ Method `lk`: OpenCV's pyramidal Lucas-Kanade seeded with the match, with a forwa
 check; it models translation only, so it loses accuracy under rotation (measured: homography
 AUC@1px 0.74 against 0.81 for `patch` on the evaluation set).
 
+Multiscale (`refine_multiscale`, the textureless paths' matches): on blurred, dark or flat
+frames an 11x11 patch holds more noise than structure, the alignment above does not converge,
+and a match keeps its detector's position (XFeat's: ~2 px off there). The same alignment on a
+Gaussian pyramid, coarsest level first, sees wider patches with the noise averaged out; each
+finer level takes over a match only where it places it with a smaller standard error.
+
 Coordinates: pixels of the original images, pixel centres at integers (as OpenCV's remap).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -92,17 +100,29 @@ def _sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
                      cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
-def refine_patch(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
-                 keypoints1: np.ndarray, radius: int = 5, max_iterations: int = 12,
-                 max_shift: float = 2.0, min_ncc: float = 0.8,
-                 neighbours: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Affine-aware patch alignment (see the module doc). Returns the refined current
-    keypoints (K x 2; unrefined ones unchanged), the mask of refined matches and the mask of
-    matches found off: the alignment moved them `max_shift` px or more (see refine_matches)."""
+@dataclass
+class PatchAlignment:
+    """Per match, where the affine-aware patch alignment left it (see `align_patches`)."""
+    shift: np.ndarray    # K x 2: translation of the current keypoint (px of the images given)
+    step: np.ndarray     # K: the last Gauss-Newton step (inf: never stepped)
+    ncc: np.ndarray      # K: normalised cross-correlation of the aligned patches
+    stderr: np.ndarray   # K: standard error of the translation along its worst direction (px)
+
+
+def align_patches(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
+                  keypoints1: np.ndarray, radius: int = 5, max_iterations: int = 12,
+                  max_shift: float = 2.0, neighbours: int = 10) -> PatchAlignment:
+    """The Gauss-Newton alignment of the module doc, without deciding what to keep: each
+    reference patch (side 2 `radius` + 1) against the current image through its match's
+    local affine, translation only, gain and bias compensated. A match stops iterating when
+    its step is below 0.01 px or it went `max_shift` + 1 px away.
+
+    The standard error is the residual's variance (per pixel, after gain and bias) times the
+    inverse of the alignment's normal matrix, along its worse axis: small where the patch
+    has structure in both directions well above the noise, large on a smooth ramp or an
+    edge, whose position along itself the patch cannot tell (however well it correlates)."""
     k0 = np.asarray(keypoints0, np.float32).reshape(-1, 2)
     k1 = np.asarray(keypoints1, np.float32).reshape(-1, 2)
-    if len(k0) == 0:
-        return k1.copy(), np.zeros(0, bool), np.zeros(0, bool)
     grad_x = cv2.Sobel(gray1, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8)
     grad_y = cv2.Sobel(gray1, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8)
     stacked = np.ascontiguousarray(np.dstack([gray1, grad_x, grad_y]))  # one remap for all three
@@ -113,6 +133,18 @@ def refine_patch(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
     # K x M x 2: each match's affine applied to the patch offsets (a batched matmul; the
     # equivalent einsum took 11 ms of the ~70 for 900 matches).
     warped = offsets @ local_affines(k0, k1, neighbours).transpose(0, 2, 1)
+
+    def linearise(index: np.ndarray, shift: np.ndarray):
+        samples = _sample(stacked, k1[index, None] + shift[:, None] + warped[index])
+        patch, gx, gy = (samples[..., c] - samples[..., c].mean(1, keepdims=True)
+                         for c in range(3))
+        # Gain compensation: the best scale of the current patch onto the template.
+        gain = (template[index] * patch).sum(1) / np.maximum((patch * patch).sum(1), 1e-9)
+        residual = gain[:, None] * patch - template[index]
+        jx, jy = gain[:, None] * gx, gain[:, None] * gy
+        normal = ((jx * jx).sum(1), (jx * jy).sum(1), (jy * jy).sum(1))
+        return patch, residual, jx, jy, normal
+
     shift = np.zeros_like(k1)
     step = np.full(len(k1), np.inf, np.float32)
     active = np.ones(len(k1), bool)
@@ -120,14 +152,7 @@ def refine_patch(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
         index = np.flatnonzero(active)
         if len(index) == 0:
             break
-        samples = _sample(stacked, k1[index, None] + shift[index, None] + warped[index])
-        patch, gx, gy = (samples[..., c] - samples[..., c].mean(1, keepdims=True)
-                         for c in range(3))
-        # Gain compensation: the best scale of the current patch onto the template.
-        gain = (template[index] * patch).sum(1) / np.maximum((patch * patch).sum(1), 1e-9)
-        residual = gain[:, None] * patch - template[index]
-        jx, jy = gain[:, None] * gx, gain[:, None] * gy
-        a, b, c = (jx * jx).sum(1), (jx * jy).sum(1), (jy * jy).sum(1)
+        _, residual, jx, jy, (a, b, c) = linearise(index, shift[index])
         rx, ry = (jx * residual).sum(1), (jy * residual).sum(1)
         det = a * c - b * b
         solvable = det > 1e-12
@@ -137,14 +162,32 @@ def refine_patch(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
         shift[index] += delta
         step[index] = np.abs(delta).max(1)
         active[index] = solvable & (step[index] >= 0.01) & (np.abs(shift[index]).max(1) < max_shift + 1)
-    patch = _sample(gray1, k1[:, None] + shift[:, None] + warped)
-    patch = patch - patch.mean(1, keepdims=True)
+    patch, residual, _, _, (a, b, c) = linearise(np.arange(len(k1)), shift)
     ncc = (template * patch).sum(1) / np.sqrt(np.maximum(
         (template * template).sum(1) * (patch * patch).sum(1), 1e-18))
-    distance = np.linalg.norm(shift, axis=1)
-    refined = (step < 0.05) & (distance < max_shift) & (ncc > min_ncc)
+    # Degrees of freedom: the translation, the gain and the two means.
+    variance = (residual * residual).sum(1) / max(residual.shape[1] - 4, 1)
+    smallest = (a + c) / 2 - np.sqrt(((a - c) / 2) ** 2 + b * b)
+    stderr = np.sqrt(variance / np.maximum(smallest, 1e-18))
+    return PatchAlignment(shift, step, ncc.astype(np.float32), stderr.astype(np.float32))
+
+
+def refine_patch(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
+                 keypoints1: np.ndarray, radius: int = 5, max_iterations: int = 12,
+                 max_shift: float = 2.0, min_ncc: float = 0.8,
+                 neighbours: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Affine-aware patch alignment (see the module doc). Returns the refined current
+    keypoints (K x 2; unrefined ones unchanged), the mask of refined matches and the mask of
+    matches found off: the alignment moved them `max_shift` px or more (see refine_matches)."""
+    k1 = np.asarray(keypoints1, np.float32).reshape(-1, 2)
+    if len(k1) == 0:
+        return k1.copy(), np.zeros(0, bool), np.zeros(0, bool)
+    aligned = align_patches(gray0, gray1, keypoints0, k1, radius, max_iterations, max_shift,
+                            neighbours)
+    distance = np.linalg.norm(aligned.shift, axis=1)
+    refined = (aligned.step < 0.05) & (distance < max_shift) & (aligned.ncc > min_ncc)
     out = k1.copy()
-    out[refined] += shift[refined]
+    out[refined] += aligned.shift[refined]
     return out, refined, distance >= max_shift
 
 
@@ -177,6 +220,41 @@ def refine_lk(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
     out = k1.copy()
     out[refined] = forward[refined]
     return out, refined, consistent & ~near
+
+
+def refine_multiscale(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
+                      keypoints1: np.ndarray, levels: int = 2, radius: int = 7,
+                      max_shift: float = 3.0, min_ncc: float = 0.5
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Coarse-to-fine alignment of the current keypoints (see the module doc): `align_patches`
+    on Gaussian pyramid levels `levels`..0 (cv2.pyrDown: level L's pixel x is pixel 2^L x of
+    the image), each level starting where the coarser ones left a match. A level moves a
+    match only where its alignment converged within `max_shift` px of that level, with NCC
+    above `min_ncc`, and with a smaller standard error (in image px) than the level that
+    placed it so far: on a blurred or noisy frame full resolution's small patch sees a smooth
+    ramp plus noise and would trade a good coarse position for a worse one (measured on
+    bench/lowtexture.py's pairs: XFeat's fallback matches precision 0.85 with an unconditional
+    full-resolution pass after the coarse levels, 0.87 with this rule). Returns the keypoints
+    (K x 2) and each match's standard error (px; inf: no level moved it)."""
+    k0 = np.asarray(keypoints0, np.float32).reshape(-1, 2)
+    k1 = np.asarray(keypoints1, np.float32).reshape(-1, 2).copy()
+    stderr = np.full(len(k0), np.inf, np.float32)
+    if len(k0) == 0:
+        return k1, stderr
+    pyramid0, pyramid1 = [gray0], [gray1]
+    for _ in range(levels):
+        pyramid0.append(cv2.pyrDown(pyramid0[-1]))
+        pyramid1.append(cv2.pyrDown(pyramid1[-1]))
+    for level in range(levels, -1, -1):
+        scale = float(2 ** level)
+        aligned = align_patches(pyramid0[level], pyramid1[level], k0 / scale, k1 / scale,
+                                radius=radius, max_shift=max_shift)
+        level_stderr = aligned.stderr * scale
+        better = ((aligned.step < 0.05) & (np.linalg.norm(aligned.shift, axis=1) < max_shift)
+                  & (aligned.ncc > min_ncc) & (level_stderr < stderr))
+        k1[better] += aligned.shift[better] * scale
+        stderr[better] = level_stderr[better]
+    return k1, stderr
 
 
 def refine_matches(method: str, gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,

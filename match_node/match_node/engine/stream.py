@@ -267,7 +267,7 @@ class SequentialMatcher:
             frame.gray = to_gray(frame.image)
         reference = previous.positions if path is None else previous.path_positions.get(path)
         if not self._refine_pair(result, reference, previous.gray, frame.gray, start,
-                                 drop_off=path is None):
+                                 textureless=path is not None):
             return
         features = frame.features if path is None else frame.path_features[path]
         positions = features.keypoints.cpu().numpy().astype(np.float32)
@@ -280,11 +280,11 @@ class SequentialMatcher:
 
     def _refine_pair(self, result: MatchResult, positions0: np.ndarray | None,
                      gray0: np.ndarray | None, gray1: np.ndarray, start: float,
-                     drop_off: bool = True) -> bool:
+                     textureless: bool = False) -> bool:
         """The refinement step of every pair: image 0's keypoints where refinement moved them
         when it was the current image (`positions0`, per keypoint), then image 1's keypoints
-        refined against the gray images when it fits the budget (`drop_off`: see
-        Pipeline.refine_result); True if they were."""
+        refined against the gray images when it fits the budget (`textureless`: a
+        textureless path's result, see Pipeline.refine_result); True if they were."""
         if positions0 is not None:
             result.keypoints0 = positions0[result.indices0].astype(np.float32)
         if not len(result) or gray0 is None:
@@ -292,7 +292,7 @@ class SequentialMatcher:
         if not self.pipeline.refine_fits(len(result), start):
             self.refine_skipped += 1
             return False
-        self.pipeline.refine_result(result, gray0, gray1, drop_off)
+        self.pipeline.refine_result(result, gray0, gray1, textureless)
         return True
 
     # --- another view of the current frame (stereo) -----------------------------------------
