@@ -1,7 +1,7 @@
 """Low-texture matching: every method side by side on generated pairs with exact homographies,
 and on the textured evaluation pairs (bench/evaluate.py's photographs) to show nothing is lost.
 
-    python -m bench.lowtexture [--methods SUBSTRINGS] [--photos held-out|tuning|a,b,...]
+    python -m bench.lowtexture [--methods SUBSTRINGS] [--photos held-out|tuning|smooth|a,b,...]
                                [--keep-others lowtexture.json]
                                [--kinds blur,fog,...] [--seeds 0] [--size 640x480]
                                [--textured-photos coffee,...|none] [--loftr-weights PATH]
@@ -43,8 +43,8 @@ from bench.evaluate import (MatchFn, auc, corner_error, official_matcher, opencv
 from bench.evaluate import pairs as textured_pairs
 from match_node import Pipeline, SequentialMatcher
 from match_node import params as P
-from match_node.groundtruth.lowtexture import (HELD_OUT_PHOTOS, KINDS, TUNING_PHOTOS,
-                                               degrade_frame, make_pairs)
+from match_node.groundtruth.lowtexture import (HELD_OUT_PHOTOS, KINDS, SMOOTH_PHOTOS,
+                                               TUNING_PHOTOS, degrade_frame, make_pairs)
 from match_node.groundtruth.planar import make_sequence, reprojection_errors
 
 CONFIG = Path(__file__).resolve().parents[1] / "match_node" / "config" / "match_node.yaml"
@@ -276,7 +276,8 @@ def main() -> None:
     parser.add_argument("--methods", default="",
                         help="comma-separated substrings of method names (case-insensitive)")
     parser.add_argument("--photos", default="held-out",
-                        help="'held-out', 'tuning' or comma-separated skimage photographs")
+                        help="'held-out', 'tuning', 'smooth' or comma-separated skimage "
+                             "photographs")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--size", default="640x480")
@@ -300,7 +301,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
-    photos = {"held-out": HELD_OUT_PHOTOS, "tuning": TUNING_PHOTOS}.get(
+    photos = {"held-out": HELD_OUT_PHOTOS, "tuning": TUNING_PHOTOS,
+              "smooth": SMOOTH_PHOTOS}.get(
         args.photos, tuple(args.photos.split(",")))
     kinds = tuple(args.kinds.split(","))
     seeds = tuple(int(s) for s in args.seeds.split(","))

@@ -186,9 +186,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Matches the refinement places 2 px or more (its search range) from where they "
               "were matched: 'drop' removes them (measured on real pairs: such matches are "
               "off by ~2.5 px, median, and bias a pose or homography fit), 'keep' publishes "
-              "them at their matched position, flagged not refined. Applies to the "
-              "extractor's matches; the textureless paths of matcher 'auto' keep theirs "
-              "(blurred frames align less reliably, and XFeat localises to ~2 px).",
+              "them at their matched position, flagged not refined. On the textureless paths "
+              "of matcher 'auto' (refine_coarse_levels > 0) the matches the coarse-to-fine "
+              "alignment cannot place within 1 px (standard error) are the ones found off, "
+              "dropped only while texture_min_matches matches remain.",
               choices=("drop", "keep"), read_only=False),
     ParamSpec("refine_coarse_levels", 2,
               "With refine 'patch': the textureless paths of matcher 'auto' (blurred, dark, "

@@ -30,7 +30,7 @@ from .budget import FrameSettings, LatencyBudget, calibrate_extraction, calibrat
 from .image import Prepared, prepare
 from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
 from ..models.lightglue import LayerHook, MatchOutput
-from .refine import refine_matches, refine_multiscale, to_gray
+from .refine import MULTISCALE_OFF_STDERR_PX, refine_matches, refine_multiscale, to_gray
 from .texture import (TEXTURELESS_LOFTR, MatcherSwitch, Texture, blur_change,
                       contrast_normalise, epipolar_agreement, epipolar_inliers,
                       gradient_tensor, measure_texture, pair_linear_map)
@@ -439,32 +439,37 @@ class Pipeline:
                       textureless: bool = False) -> None:
         """Refine `result`'s current keypoints in place (see refine.py): keypoints1, the
         refined flags, timings refine_ms and total_ms. With `refine_outliers: drop` the
-        matches the refinement found off by its search range or more are removed.
+        matches the refinement found off are removed: those it walked its search range or
+        more away from their matched position.
 
         `textureless`: the result comes from a textureless path (blurred, dark, flat frames).
         With `refine: patch` its matches are aligned coarse to fine instead
         (`refine_coarse_levels`, refine.refine_multiscale; flagged refined where a level moved
-        them): over bench/lowtexture.py's low-texture pairs of 11 photographs (2 seeds of 3),
-        XFeat's fallback matches went from precision 0.68 to 0.87 (3 px) and the SIFT path's
-        from 0.984 to 0.988 (AUC@3px 0.79 -> 0.83). And the matches found off stay: between a
-        sharp and a blurred frame the alignment is not reliable enough to reject a match (on
-        a stream textured -> defocused, half of the SIFT path's matches found off were within
-        3 px, and 31 matches became 14)."""
+        them), and found off where no level moved them or the standard error of their
+        position is above MULTISCALE_OFF_STDERR_PX: 5-34% of those were within 3 px, against
+        87-99% of the rest. They are dropped only while at least `texture_min_matches`
+        matches remain: a thin result would send the frame on to the next path (counts are
+        taken before the drop), and between a sharp and a blurred frame a whole pair's
+        alignment can be poor."""
         start = time.perf_counter()
         levels = self.params["refine_coarse_levels"]
         if textureless and levels > 0 and self.params["refine"] == "patch":
             keypoints1, stderr = refine_multiscale(gray0, gray1, result.keypoints0,
                                                    result.keypoints1, levels=levels)
-            refined, off = np.isfinite(stderr), None
+            refined = np.isfinite(stderr)
+            off = ~(refined & (stderr <= MULTISCALE_OFF_STDERR_PX))
+            if len(off) - off.sum() < self.params["texture_min_matches"]:
+                off[:] = False
         else:
             keypoints1, refined, off = refine_matches(self.params["refine"], gray0, gray1,
                                                       result.keypoints0, result.keypoints1)
+            if textureless:
+                off[:] = False  # the full-resolution rule is not reliable on these frames
         elapsed = (time.perf_counter() - start) * 1e3
         result.keypoints1 = keypoints1.astype(np.float32)
         result.refined = refined.astype(np.uint8)
         refined_count = len(result)
-        if (not textureless and off is not None and self.params["refine_outliers"] == "drop"
-                and off.any()):
+        if self.params["refine_outliers"] == "drop" and off.any():
             filter_result(result, ~off)
             result.off_dropped += int(off.sum())
         result.timings["refine_ms"] = elapsed

@@ -40,6 +40,10 @@ ALL_KINDS = ("original",) + KINDS  # "original": the photo as it is (a textured 
 TUNING_PHOTOS = ("coffee", "astronaut", "rocket", "brick", "camera")
 HELD_OUT_PHOTOS = ("chelsea", "motorcycle", "gravel", "coins", "immunohistochemistry",
                    "hubble_deep_field", "grass", "clock")
+# Smooth photographs added later as a broader check (a lunar surface, a retina, a cell):
+# they showed the XFeat fallback's ~2 px error and chose refine_coarse_levels with the held-out
+# pairs, so they are no longer held out.
+SMOOTH_PHOTOS = ("moon", "retina", "cell")
 
 
 @dataclass
