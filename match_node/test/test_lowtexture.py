@@ -307,15 +307,15 @@ def test_fallback_serves_a_pair_the_textureless_path_leaves_thin(shipped):
     assert len(alone) < 20 and corner_error(pair.homography, alone, (640, 480)) > 10
 
 
-@pytest.mark.parametrize("photo, path", [("rocket", TEXTURELESS_XFEAT),
-                                         ("camera", TEXTURELESS_SIFT)])
-def test_textureless_matches_are_aligned_coarse_to_fine(shipped, photo, path):
+@pytest.mark.parametrize("photo, path, some_off", [("rocket", TEXTURELESS_XFEAT, True),
+                                                   ("camera", TEXTURELESS_SIFT, False)])
+def test_textureless_matches_are_aligned_coarse_to_fine(shipped, photo, path, some_off):
     """Dark, noisy tuning pairs: the textureless path's matches are aligned on two pyramid
     levels before full resolution (refine_coarse_levels 2). Measured, against full resolution
-    alone (0), all matches kept: rocket, XFeat's 255 matches, median error 1.88 -> 0.74 px,
+    alone (0), all matches kept: rocket, XFeat's 255 matches, median error 1.88 -> 0.73 px,
     within 1 px 25% -> 62%; camera, SIFT's 153, 0.57 -> 0.21 px, 69% -> 98%. With
     refine_outliers drop (the default) the matches it cannot place go: fewer, more of them
-    right."""
+    right (rocket: some of XFeat's; camera: SIFT places all of its within 1 px)."""
     pair = make_pair(photo, "dark", seed=0, size=(640, 480))
     results = {}
     try:
@@ -343,10 +343,12 @@ def test_textureless_matches_are_aligned_coarse_to_fine(shipped, photo, path):
                                                    coarse.indices1.tolist()))}
     rows = [kept[pair_] for pair_ in zip(dropped.indices0.tolist(), dropped.indices1.tolist())]
     assert np.array_equal(dropped.keypoints1, coarse.keypoints1[rows])
-    assert 20 <= len(dropped) < len(coarse) and dropped.found == len(coarse)
+    assert 20 <= len(dropped) <= len(coarse) and dropped.found == len(coarse)
+    assert (len(dropped) < len(coarse)) == some_off
     gone = np.ones(len(coarse), bool)
     gone[rows] = False
-    assert np.mean(errors(coarse)[gone] < 3) < np.mean(errors(dropped) < 3)
+    if some_off:
+        assert np.mean(errors(coarse)[gone] < 3) < np.mean(errors(dropped) < 3)
     assert dropped.refined.all()
 
 
