@@ -231,8 +231,8 @@ def refine_lk(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
 
 def refine_multiscale(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
                       keypoints1: np.ndarray, levels: int = 2, radius: int = 7,
-                      max_shift: float = 3.0, min_ncc: float = 0.5
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      max_shift: float = 3.0, min_ncc: float = 0.5,
+                      full_resolution: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Coarse-to-fine alignment of the current keypoints (see the module doc), each match
     placed where the alignment knows its position best:
 
@@ -246,7 +246,8 @@ def refine_multiscale(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarr
       * full resolution alone from the matched position (refine_patch's 11x11 patch and 2 px
         range), where its standard error is no larger than the chain's: on sharp detail a
         coarse level can pull a right match onto the wrong one of two similar structures,
-        and no finer level starting there finds its way back.
+        and no finer level starting there finds its way back (`full_resolution=False`: the
+        chain alone, for bench/textureless_refinement.py's comparison).
 
     Measured on SIFT's textureless-path matches of 20 sharp real pairs, AUC@1px of the
     homography: full resolution only 0.963, the chain 0.887, both 0.965; of 87 low-texture
@@ -270,6 +271,8 @@ def refine_multiscale(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarr
         better = (_converged(aligned, max_shift, min_ncc) & (level_stderr < stderr))
         chain[better] += aligned.shift[better] * scale
         stderr[better] = level_stderr[better]
+    if not full_resolution:
+        return chain, stderr
     full = align_patches(gray0, gray1, k0, k1, max_shift=FULL_RESOLUTION_SHIFT)
     full_stderr = np.where(_converged(full, FULL_RESOLUTION_SHIFT, min_ncc), full.stderr, np.inf)
     direct = np.isfinite(full_stderr) & (full_stderr <= stderr)
