@@ -196,8 +196,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "flat frames, where an 11x11 patch holds more noise than structure) align their "
               "matches on this many Gaussian pyramid levels above full resolution, coarsest "
               "first; a finer level moves a match only where it places it with a smaller "
-              "standard error. XFeat's fallback matches: precision 0.68 -> 0.87 at 3 px. "
-              "0 = the full-resolution refinement only.", min=0, max=4, read_only=False),
+              "standard error (bench/textureless_refinement.py: XFeat's fallback matches "
+              "precision 0.67 -> 0.85 at 3 px). 0 = the full-resolution refinement only.",
+              min=0, max=4, read_only=False),
     ParamSpec("superglue_model", "indoor",
               "SuperGlue weights the matcher_weights file is (superglue_indoor.pth or "
               "superglue_outdoor.pth; same architecture).", choices=SUPERGLUE_MODELS),
