@@ -132,22 +132,32 @@ def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
 
 
 def evaluate(run: MatchFn, data: list[dict], size: tuple[int, int]) -> tuple[dict, list[dict]]:
-    errors, matches, correct, times, per_pair = [], [], [], [], []
+    """`run` on every pair of `data`, timed, then `score`d."""
+    matches, times = [], []
     for pair in data:
         start = time.perf_counter()
-        k0, k1 = run(pair["image0"], pair["image1"])
+        matches.append(run(pair["image0"], pair["image1"]))
         times.append((time.perf_counter() - start) * 1e3)
+    return score(data, matches, times, size)
+
+
+def score(data: list[dict], matches: list[tuple[np.ndarray, np.ndarray]], times: list[float],
+          size: tuple[int, int]) -> tuple[dict, list[dict]]:
+    """The row (matches per pair, pairs without match, precision, homography AUC at 1/3/5 px,
+    failures, median ms) and the per-pair results of matches (k0, k1) of `data`'s pairs
+    (dicts with homography, id and kind), found in `times` ms."""
+    errors, counts, correct, per_pair = [], [], [], []
+    for pair, (k0, k1), ms in zip(data, matches, times):
         k0, k1 = (np.asarray(k, np.float64).reshape(-1, 2) for k in (k0, k1))
         reprojection = reprojection_errors(pair["homography"], k0, k1)
         errors.append(corner_error(pair["homography"], k0, k1, size))
-        matches.append(len(k0))
+        counts.append(len(k0))
         correct.append(int((reprojection < 3).sum()))
         per_pair.append({"pair": pair["id"], "kind": pair["kind"], "matches": len(k0),
-                         "correct": correct[-1], "corner_error_px": errors[-1],
-                         "ms": times[-1]})
-    row = {"pairs": len(data), "matches": float(np.mean(matches)),
-           "no_match": int(sum(m == 0 for m in matches)),
-           "precision": float(np.sum(correct) / max(np.sum(matches), 1)),
+                         "correct": correct[-1], "corner_error_px": errors[-1], "ms": ms})
+    row = {"pairs": len(data), "matches": float(np.mean(counts)),
+           "no_match": int(sum(m == 0 for m in counts)),
+           "precision": float(np.sum(correct) / max(np.sum(counts), 1)),
            **{f"auc@{t}px": auc(errors, t) for t in (1, 3, 5)},
            "failures": int(sum(not e <= FAILURE_PX for e in errors)),
            "median_ms": float(np.median(times))}

@@ -33,14 +33,12 @@ import cv2
 import numpy as np
 import torch
 
-from bench.evaluate import auc, corner_error
-from bench.lowtexture import CONFIG, FAILURE_PX
+from bench.lowtexture import CONFIG, FAILURE_PX, score
 from match_node import Pipeline
 from match_node.engine.refine import (MULTISCALE_OFF_STDERR_PX, refine_multiscale, refine_patch,
                                       to_gray)
 from match_node.groundtruth.lowtexture import (HELD_OUT_PHOTOS, KINDS, SMOOTH_PHOTOS,
                                                TUNING_PHOTOS, make_pairs)
-from match_node.groundtruth.planar import reprojection_errors
 
 # A rule: (gray0, gray1, keypoints0, keypoints1) -> (keypoints1, mask of matches kept).
 Rule = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -109,22 +107,21 @@ def main() -> None:
              "| path | set | rule | pairs | matches | precision | AUC@1px | AUC@3px | AUC@5px "
              "| failures | median ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (path, group), items in sorted(matched.items()):
+        data = [{"homography": pair.homography, "id": pair.id, "kind": pair.kind}
+                for pair, *_ in items]
         for name, rule in RULES.items():
-            errors, correct, total, ms = [], 0, 0, []
+            matches, ms = [], []
             for pair, k0, k1, gray0, gray1 in items:
                 start = time.perf_counter()
                 points, kept = rule(gray0, gray1, k0, k1)
                 ms.append((time.perf_counter() - start) * 1e3)
-                k0_kept, points = k0[kept].astype(np.float64), points[kept].astype(np.float64)
-                e = reprojection_errors(pair.homography, k0_kept, points)
-                correct += int((e < 3).sum())
-                total += len(e)
-                errors.append(corner_error(pair.homography, k0_kept, points, (640, 480)))
+                matches.append((k0[kept], points[kept]))
+            row, per_pair = score(data, matches, ms, (640, 480))
             lines.append(
-                f"| {path} | {group} | {name} | {len(items)} | {total} | "
-                f"{correct / max(total, 1):.3f} | {auc(errors, 1):.3f} | {auc(errors, 3):.3f} | "
-                f"{auc(errors, 5):.3f} | {sum(not e <= FAILURE_PX for e in errors)} | "
-                f"{np.median(ms):.0f} |")
+                f"| {path} | {group} | {name} | {row['pairs']} | "
+                f"{sum(p['matches'] for p in per_pair)} | {row['precision']:.3f} | "
+                f"{row['auc@1px']:.3f} | {row['auc@3px']:.3f} | {row['auc@5px']:.3f} | "
+                f"{row['failures']} | {row['median_ms']:.0f} |")
             print(lines[-1], flush=True)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
