@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 REFINE_METHODS = ("none", "patch", "lk")
-# refine_multiscale's matches found off: standard error of the position above this (px). Over
-# the SIFT and XFeat textureless results of 126 low-texture pairs (bench/lowtexture.py's
-# held-out and smooth photographs), 5-9% of such matches were within 3 px.
+# refine_multiscale's matches found off: standard error of the position above this (px).
+# Dropping them (with those no level moved) took the SIFT path's precision from 0.991 to 0.994
+# and the XFeat fallback's from 0.845 to 0.854 (bench/results/textureless_refinement.md).
 MULTISCALE_OFF_STDERR_PX = 1.0
 FULL_RESOLUTION_SHIFT = 2.0  # px: refine_patch's search range (refine_matches' max_shift)
 
@@ -249,10 +249,11 @@ def refine_multiscale(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarr
         and no finer level starting there finds its way back (`full_resolution=False`: the
         chain alone, for bench/textureless_refinement.py's comparison).
 
-    Measured on SIFT's textureless-path matches of 20 sharp real pairs, AUC@1px of the
-    homography: full resolution only 0.963, the chain 0.887, both 0.965; of 87 low-texture
-    pairs 0.587, 0.686, 0.704 (and XFeat's of 23: 0.007, 0.258, 0.271). Returns the keypoints
-    (K x 2) and each match's standard error (px; inf: nothing moved it)."""
+    Measured on the SIFT path's matches (bench/results/textureless_refinement.md), AUC@1px
+    of the homography: 19 sharp pairs, full resolution only 0.966, the chain 0.921, both
+    0.969; 133 low-texture pairs 0.601, 0.680, 0.728 (the XFeat fallback's 29: 0.020, 0.221,
+    0.223). Returns the keypoints (K x 2) and each match's standard error (px; inf: nothing
+    moved it)."""
     k0 = np.asarray(keypoints0, np.float32).reshape(-1, 2)
     k1 = np.asarray(keypoints1, np.float32).reshape(-1, 2)
     chain = k1.copy()
