@@ -39,6 +39,16 @@ CONFIG = Path(__file__).resolve().parents[1] / "config" / "match_node.yaml"
 PARAMS = {"device": "cpu", "allow_download": False, "max_keypoints": 512}
 PIXEL_TOLERANCE = 1e-3
 SCORE_TOLERANCE = 1e-4
+# Refinement is iterative, so float rounding that differs between CPUs (the SIMD paths of
+# OpenCV and oneDNN) moves a few matches' positions further: measured against the file
+# generated on another machine, an AMD EPYC host moved at most 23 of a message's 150
+# coordinates by more than PIXEL_TOLERANCE, the largest by 0.20 px. A pixel array passes when
+# its median difference is within PIXEL_TOLERANCE (a change of behaviour moves most of them)
+# and every difference within PIXEL_OUTLIER. The same host flipped one match's `refined` flag
+# (the 0.20 px one: the alignment's acceptance test sits at a threshold), so those flags may
+# differ for up to REFINED_FLIPS of a message's matches.
+PIXEL_OUTLIER = 0.5
+REFINED_FLIPS = 0.02
 # The run's summary, less timings, wall time and paths.
 SUMMARY_FIELDS = ("frames", "messages", "dropped", "restarts", "matches_per_frame",
                   "exit_layers", "exit_reasons", "precision_at_3px", "precision_per_frame",
@@ -81,6 +91,11 @@ def record(out_bag: Path, summary: dict) -> dict:
     return {"messages": msgs, "summary": {key: summary[key] for key in SUMMARY_FIELDS}}
 
 
+def is_pixels(where: str, values: np.ndarray) -> bool:
+    """Whether a recorded array holds pixel coordinates (reference_x, current_y, ...)."""
+    return values.ndim > 1 or "keypoints" in where or where.endswith(("_x", "_y"))
+
+
 def compare(expected, actual, where: str = "") -> None:
     if isinstance(expected, dict):
         assert isinstance(actual, dict), where
@@ -89,9 +104,17 @@ def compare(expected, actual, where: str = "") -> None:
             assert expected["dtype"] == actual["dtype"], where
             e, a = np.asarray(expected["values"]), np.asarray(actual["values"])
             assert e.shape == a.shape, f"{where}: shape {a.shape}, expected {e.shape}"
-            if e.dtype.kind == "f":
-                tolerance = PIXEL_TOLERANCE if e.ndim > 1 or "keypoints" in where else SCORE_TOLERANCE
-                np.testing.assert_allclose(a, e, atol=tolerance, rtol=0, err_msg=where)
+            if e.dtype.kind == "f" and is_pixels(where, e):
+                difference = np.abs(a - e)
+                assert difference.size == 0 or (np.median(difference) <= PIXEL_TOLERANCE
+                                                and difference.max() <= PIXEL_OUTLIER), \
+                    f"{where}: differences median {np.median(difference):.2g} px, max " \
+                    f"{difference.max():.2g} px"
+            elif e.dtype.kind == "f":
+                np.testing.assert_allclose(a, e, atol=SCORE_TOLERANCE, rtol=0, err_msg=where)
+            elif where.endswith(".refined"):
+                flips = int(np.count_nonzero(a != e))
+                assert flips <= REFINED_FLIPS * e.size, f"{where}: {flips} of {e.size} differ"
             else:
                 np.testing.assert_array_equal(a, e, err_msg=where)
             return
