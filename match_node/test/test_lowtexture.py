@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from match_node import Pipeline, SequentialMatcher
+from match_node.engine.results import MatchResult
 from match_node.groundtruth.lowtexture import (FRAME_KINDS, KINDS, degrade_frame, make_pair, render,
                                    view_pair)
 from match_node.groundtruth.planar import make_sequence, reprojection_errors
@@ -399,35 +400,124 @@ def test_stream_uses_the_fallback_only_where_the_textureless_path_is_thin(shippe
     assert served[0] == served[-1] == "aliked-n16+lightglue"
 
 
-def test_lightglue_overrules_a_textureless_result_it_contradicts(shipped):
+def served_precision(pair, result) -> tuple[tuple[str, str], float]:
+    errors = reprojection_errors(pair.homography, result.keypoints0.astype(float),
+                                 result.keypoints1.astype(float))
+    return (result.extractor, result.matcher), float(np.mean(errors < 3))
+
+
+def test_ambiguous_nearest_neighbours_give_way_to_the_fallback(shipped, monkeypatch):
     """A repetitive tiled surface (held-out photo 'clock'): the texture measure calls it
     textureless, and SIFT's nearest neighbours pick the wrong periods (28 matches, 4 correct,
-    homography off by 150 px); LightGlue, run on the same keypoints, finds 23 correct matches,
-    which contradict SIFT's, so they are published. With textureless_verify off, SIFT's are."""
+    homography off by 150 px). Its epipolar check removed more than half of them, so the
+    result is ambiguous; XFeat + LighterGlue (context tells the periods apart) contradicts it
+    and is published: 320 matches, all but one correct."""
     pair = make_pair("clock", "repetitive", seed=0, size=(640, 480))
+    tried = []
+    match_pair_on = shipped._match_pair_on
 
-    def served(result):
-        errors = reprojection_errors(pair.homography, result.keypoints0.astype(float),
-                                     result.keypoints1.astype(float))
-        return (result.extractor, result.matcher), float(np.mean(errors < 3))
+    def spy(path, image0, image1):
+        result = match_pair_on(path, image0, image1)
+        tried.append((path, result))
+        return result
 
-    path, precision = served(shipped.match(pair.image0, pair.image1))
-    assert path == ("aliked-n16", "lightglue") and precision >= 0.95
-    try:
-        shipped.update(textureless_verify=False)
-        unchecked, unchecked_precision = served(shipped.match(pair.image0, pair.image1))
-    finally:
-        shipped.update(textureless_verify=True)
-    assert unchecked == ("sift-clahe", "nn") and unchecked_precision < 0.5
+    monkeypatch.setattr(shipped, "_match_pair_on", spy)
+    path, precision = served_precision(pair, shipped.match(pair.image0, pair.image1))
+    assert path == ("xfeat", "lighterglue") and precision >= 0.95
+    assert [p for p, _ in tried] == [TEXTURELESS_SIFT, TEXTURELESS_XFEAT]
+    sift = tried[0][1]
+    assert sift.found >= 20 and sift.epipolar_dropped > sift.found  # rich but ambiguous
+    assert shipped.ambiguous(sift, TEXTURELESS_SIFT)
+    assert served_precision(pair, sift)[1] < 0.5
+    assert shipped.contradicts(tried[1][1], sift)
 
     # In a stream the same pair is in the textureless state (two low frames switched it).
     stream = SequentialMatcher(shipped)
     stream.push(pair.image0, 0)
     event = stream.push(pair.image1, 1)
     assert stream.current_matcher == TEXTURELESS_SIFT  # the switch is textureless ...
-    path, precision = served(event.result)  # ... but LightGlue's matches are published
+    path, precision = served_precision(pair, event.result)  # ... the fallback's matches win
+    assert path == ("xfeat", "lighterglue") and precision >= 0.95
+    assert event.tracks_reset and len(event.result.track_ids) == len(event.result)
+
+
+def test_lightglue_overrules_a_nearest_neighbour_result_it_contradicts(one_torch_thread):
+    """Without the fallback the same tiled pair stays on SIFT's wrong periods, unless
+    LightGlue, run on the same keypoints, finds correct matches that contradict them
+    (textureless_verify): then LightGlue's are published."""
+    pair = make_pair("clock", "repetitive", seed=0, size=(640, 480))
+    pipeline = Pipeline.from_yaml(CONFIG, device="cpu", allow_download=False,
+                                  textureless_fallback="none")
+    path, precision = served_precision(pair, pipeline.match(pair.image0, pair.image1))
+    assert path == ("aliked-n16", "lightglue") and precision >= 0.95
+    pipeline.update(textureless_verify=False)
+    unchecked, unchecked_precision = served_precision(
+        pair, pipeline.match(pair.image0, pair.image1))
+    assert unchecked == ("sift-clahe", "nn") and unchecked_precision < 0.5
+
+    pipeline.update(textureless_verify=True)
+    stream = SequentialMatcher(pipeline)
+    stream.push(pair.image0, 0)
+    event = stream.push(pair.image1, 1)
+    assert stream.current_matcher == TEXTURELESS_SIFT
+    path, precision = served_precision(pair, event.result)
     assert path == ("aliked-n16", "lightglue") and precision >= 0.95
     assert event.tracks_reset and len(event.result.track_ids) == len(event.result)
+
+
+def view_result(k0: np.ndarray, k1: np.ndarray, dropped: int = 0) -> MatchResult:
+    """A result of matches (k0, k1) whose epipolar check removed `dropped` others."""
+    n = len(k0)
+    return MatchResult(
+        keypoints0=k0.astype(np.float32), keypoints1=k1.astype(np.float32),
+        scores=np.ones(n, np.float32), indices0=np.arange(n), indices1=np.arange(n),
+        num_keypoints0=n, num_keypoints1=n, image_size0=(640, 480), image_size1=(640, 480),
+        exit_layer=0, num_layers=0, exit_reason=0, kept0=n, kept1=n,
+        timings={"preprocess_ms": 0.0, "extract_ms": 0.0, "match_ms": 0.0, "total_ms": 0.0},
+        extractor="test", matcher="test", epipolar_dropped=dropped)
+
+
+def test_chain_checks_an_ambiguous_result_with_the_next_path(shipped):
+    """Pipeline.richest on results of known geometry: a nearest-neighbour result whose
+    epipolar check removed over 30% of its matches is checked by the fallback, and
+    replaced only where the fallback is rich and contradicts it; an unambiguous result, or
+    an ambiguous one of a path with context, ends the chain."""
+    k0, k1 = two_views(np.random.default_rng(3), 200)
+    angle = np.random.default_rng(4).uniform(0, 2 * np.pi, 200)
+    shifted = k1 + 80 * np.c_[np.cos(angle), np.sin(angle)]  # wrong 'periods'
+    right = view_result(k0[:150], k1[:150])
+    mostly_wrong = view_result(k0[:60], np.r_[k1[:20], shifted[20:60]], dropped=40)
+    chain = (TEXTURELESS_SIFT, TEXTURELESS_XFEAT)
+
+    def run(first, fallback, chain=chain):
+        calls = []
+        results = {chain[0]: first, TEXTURELESS_XFEAT: fallback}
+
+        def match(path):
+            calls.append(path)
+            return results[path]
+        best, served = shipped.richest(None, chain, match)
+        return best, served, calls
+
+    assert shipped.ambiguous(mostly_wrong, TEXTURELESS_SIFT)
+    assert not shipped.ambiguous(mostly_wrong, TEXTURELESS_XFEAT)  # context: not ambiguous
+    assert run(mostly_wrong, right) == (right, TEXTURELESS_XFEAT, list(chain))
+    # The fallback agrees: the preferred path's (more precise) result stays.
+    right_ambiguous = view_result(k0[50:110], k1[50:110], dropped=40)
+    assert run(right_ambiguous, right) == (right_ambiguous, TEXTURELESS_SIFT, list(chain))
+    # A thin fallback cannot overrule it, however it disagrees.
+    thin = view_result(k0[:10], shifted[:10])
+    assert run(mostly_wrong, thin) == (mostly_wrong, TEXTURELESS_SIFT, list(chain))
+    # Unambiguous (a fifth removed): the fallback is not tried.
+    kept_most = view_result(k0[:60], np.r_[k1[:20], shifted[20:60]], dropped=15)
+    assert run(kept_most, right) == (kept_most, TEXTURELESS_SIFT, [TEXTURELESS_SIFT])
+    # A thin preferred result still goes to the richer fallback, as before.
+    assert run(thin, right)[:2] == (right, TEXTURELESS_XFEAT)
+    # LightGlue's check only judges nearest neighbours' results.
+    keypoint = view_result(k0[100:160], k1[100:160])
+    assert shipped.keypoint_result_wins(keypoint, mostly_wrong, TEXTURELESS_SIFT)
+    assert not shipped.keypoint_result_wins(keypoint, mostly_wrong, TEXTURELESS_XFEAT)
+    assert not shipped.keypoint_result_wins(keypoint, right, TEXTURELESS_SIFT)
 
 
 def test_textureless_verify_keeps_a_textureless_result_lightglue_supports(shipped, monkeypatch):
@@ -436,15 +526,16 @@ def test_textureless_verify_keeps_a_textureless_result_lightglue_supports(shippe
     calls = []
     wins = shipped.keypoint_result_wins
 
-    def spy(keypoint, textureless):
-        calls.append((len(keypoint), len(textureless)))
-        return wins(keypoint, textureless)
+    def spy(keypoint, textureless, path):
+        calls.append((len(keypoint), len(textureless), path))
+        return wins(keypoint, textureless, path)
 
     monkeypatch.setattr(shipped, "keypoint_result_wins", spy)
     pair = make_pair("motorcycle", "fog", seed=0, size=(640, 480))
     result = shipped.match(pair.image0, pair.image1)
     assert (result.extractor, result.matcher) == ("sift-clahe", "nn")
     assert len(calls) == 1 and calls[0][0] >= 20 and calls[0][1] == len(result)
+    assert calls[0][2] == TEXTURELESS_SIFT
 
 
 def test_fallback_off_by_parameter_or_missing_files(monkeypatch):

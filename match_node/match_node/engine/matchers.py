@@ -67,6 +67,9 @@ class KeypointMatcher:
     licence: str = ""
     budget_cuts: bool = False      # the latency budget can stop it between layers (LayerHook)
     exit_guard: bool = False       # it exits early by confidence, which exit_guard can refuse
+    # It matches each keypoint by its descriptor alone, without the other keypoints: the
+    # periods of a repetitive surface look alike to it (Pipeline.ambiguous).
+    descriptor_only: bool = False
 
     def model_class(self) -> type[nn.Module]:
         return model_attr(self.module, self.class_name)
@@ -226,6 +229,7 @@ class SuperGlueMatcher(KeypointMatcher):
 @dataclass(frozen=True, kw_only=True)
 class NearestMatcher(KeypointMatcher):
     """Mutual nearest neighbours with the ratio test: descriptors of any size."""
+    descriptor_only: bool = True
 
     def run(self, model: nn.Module, features0: Features, features1: Features,
             hook: LayerHook | None, min_exit_matches: int) -> MatchOutput:

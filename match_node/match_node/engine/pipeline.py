@@ -31,9 +31,10 @@ from .image import Prepared, prepare
 from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
 from ..models.lightglue import LayerHook, MatchOutput
 from .refine import MULTISCALE_OFF_STDERR_PX, refine_matches, refine_multiscale, to_gray
-from .texture import (TEXTURELESS_LOFTR, MatcherSwitch, Texture, blur_change,
-                      contrast_normalise, epipolar_agreement, epipolar_inliers,
-                      gradient_tensor, measure_texture, pair_linear_map)
+from .texture import (AMBIGUOUS_SURVIVAL, FALLBACK_AGREEMENT, TEXTURELESS_LOFTR,
+                      MatcherSwitch, Texture, blur_change, contrast_normalise,
+                      epipolar_agreement, epipolar_inliers, gradient_tensor, measure_texture,
+                      pair_linear_map)
 from .results import Features, LoftrFeatures, MatchResult, filter_result
 
 if TYPE_CHECKING:
@@ -413,6 +414,7 @@ class Pipeline:
         kpts0 = features0.keypoints.cpu().numpy()[matches[:, 0]]
         kpts1 = features1.keypoints.cpu().numpy()[matches[:, 1]]
         keep = epipolar_inliers(kpts0, kpts1, loaded.spec.epipolar_px)
+        epipolar_dropped = int(len(keep) - np.count_nonzero(keep))
         matches, scores, kpts0, kpts1 = matches[keep], scores[keep], kpts0[keep], kpts1[keep]
         match_ms = self._clock() - start
         extractor, matcher = path.split("+")
@@ -428,7 +430,8 @@ class Pipeline:
                      "total_ms": features1.preprocess_ms + features1.extract_ms + match_ms},
             extractor=extractor, matcher=matcher,
             latency_budget_ms=self.budget.budget_ms, keypoint_cap=features1.keypoint_cap,
-            extraction_scale=features1.working_size[0] / max(features1.image_size[0], 1))
+            extraction_scale=features1.working_size[0] / max(features1.image_size[0], 1),
+            epipolar_dropped=epipolar_dropped)
 
     # --- sub-pixel refinement -------------------------------------------------------------
     @property
@@ -512,6 +515,32 @@ class Pipeline:
         return (self.textureless_path is not None
                 and result.found < self.params["texture_min_matches"])
 
+    def descriptor_only(self, path: str | None) -> bool:
+        """Whether textureless path `path` matches keypoints by their descriptors alone
+        (nearest neighbours), so the periods of a repetitive surface can fool it."""
+        loaded = self.keypoint_paths.get(path) if path else None
+        return loaded is not None and loaded.matcher_entry.descriptor_only
+
+    def ambiguous(self, result: MatchResult, path: str | None) -> bool:
+        """matcher 'auto': whether a descriptor-only textureless path's `result` is rich
+        enough but ambiguous: its epipolar check removed more than 1 - AMBIGUOUS_SURVIVAL of
+        the matcher's matches (on a repetitive surface, the wrong periods of different
+        tiles), so the next path of the chain checks it (`richest`)."""
+        proposed = result.found + result.epipolar_dropped
+        return (self.descriptor_only(path) and not self.rescues(result)
+                and result.found < AMBIGUOUS_SURVIVAL * proposed)
+
+    def contradicts(self, other: MatchResult, ambiguous: MatchResult) -> bool:
+        """Whether the next path's `other` result replaces an `ambiguous` one: it is not
+        thin itself, and fewer than FALLBACK_AGREEMENT of the ambiguous result's matches
+        agree with its epipolar geometry (texture.epipolar_agreement)."""
+        if self.rescues(other):
+            return False
+        agreement = epipolar_agreement(
+            other.keypoints0, other.keypoints1, ambiguous.keypoints0, ambiguous.keypoints1,
+            min_reference=self._verify_min_matches)
+        return agreement is not None and agreement < FALLBACK_AGREEMENT
+
     def verifies(self, features0: Features, features1: Features) -> bool:
         """matcher 'auto', `textureless_verify`: whether a low-texture pair's textureless
         result is checked against the keypoint matcher's own matches of it (see
@@ -526,14 +555,20 @@ class Pipeline:
         fundamental matrix)."""
         return max(self.params["texture_min_matches"], 8)
 
-    def keypoint_result_wins(self, keypoint: MatchResult, textureless: MatchResult) -> bool:
+    def keypoint_result_wins(self, keypoint: MatchResult, textureless: MatchResult,
+                             path: str | None) -> bool:
         """matcher 'auto', `textureless_verify`: whether the keypoint matcher's result of a
-        low-texture pair is published instead of the textureless path's `textureless`: it has
-        at least `texture_min_matches` matches (8 at least) and fewer than half of the path's
-        matches agree with their epipolar geometry (texture.epipolar_agreement). Nearest
-        neighbours confuse the periods of a repetitive surface; LightGlue's context does not
-        (a tiled surface of bench/lowtexture.py: SIFT's 28 matches, 14% correct, against
-        LightGlue's 23, all correct)."""
+        low-texture pair is published instead of the result `textureless` of a descriptor-only
+        path `path`: it has at least `texture_min_matches` matches (8 at least) and fewer
+        than half of the path's matches agree with their epipolar geometry
+        (texture.epipolar_agreement). Nearest neighbours confuse the periods of a repetitive
+        surface; LightGlue's context does not (a tiled surface of bench/lowtexture.py with
+        `textureless_fallback: none`: SIFT's 28 matches, 14% correct, against LightGlue's 23,
+        all correct). A path with context of its own (XFeat + LighterGlue, LoFTR) is not
+        checked: on a tiled surface whose LightGlue matches run along one tile edge, their
+        geometry is ill-posed and contradicted XFeat's 226 matches, 95% correct."""
+        if not self.descriptor_only(path):
+            return False
         agreement = epipolar_agreement(
             keypoint.keypoints0, keypoint.keypoints1, textureless.keypoints0,
             textureless.keypoints1, min_reference=self._verify_min_matches)
@@ -575,16 +610,19 @@ class Pipeline:
         With matcher 'auto' a single pair takes the textureless path (LoFTR, or SIFT on
         contrast-normalised images without a LoFTR file) when either image is textureless,
         or when the keypoint matcher leaves it fewer than `texture_min_matches` matches; a
-        textureless path that leaves fewer goes on to the fallback (`textureless_fallback`).
-        The result with the most matches is returned, unless the keypoint matcher's own
-        matches of a low-texture pair contradict it (`textureless_verify`). A pair with motion
+        textureless path that leaves fewer goes on to the fallback (`textureless_fallback`),
+        and so does one whose nearest neighbours are `ambiguous` (a repetitive surface). The
+        result with the most matches is returned (an ambiguous one unless the fallback's
+        `contradicts` it), unless the keypoint matcher's own matches of a low-texture pair
+        contradict a nearest-neighbour result (`textureless_verify`). A pair with motion
         blur in one image only goes to the textureless path too (`texture_blur_mismatch`).
         """
         if self.mode.detector_free:
             return self._match_pair_on(TEXTURELESS_LOFTR, image0, image1)
         features0, features1 = self.extract(image0), self.extract(image1)
         low = self.matcher_switch().low
-        result = keypoint = None
+        result = None
+        verify = False
         if not (self.mode.switches
                 and any(self.texture(f).is_low(*low) for f in (features0, features1))):
             result = _count_reference(self.match_features(features0, features1), features0)
@@ -599,11 +637,14 @@ class Pipeline:
                     return result
                 return self.textureless_unless_thin(
                     result, lambda path: self._match_pair_on(path, image0, image1))[0]
-        elif self.verifies(features0, features1):
-            keypoint = _count_reference(self.match_features(features0, features1), features0)
-        result, _ = self.richest(result, self.textureless_chain,
-                                 lambda path: self._match_pair_on(path, image0, image1))
-        if keypoint is not None and self.keypoint_result_wins(keypoint, result):
+        else:
+            verify = self.verifies(features0, features1)
+        result, served = self.richest(result, self.textureless_chain,
+                                      lambda path: self._match_pair_on(path, image0, image1))
+        if not (verify and self.descriptor_only(served)):
+            return result
+        keypoint = _count_reference(self.match_features(features0, features1), features0)
+        if self.keypoint_result_wins(keypoint, result, served):
             if self.refining:
                 self.refine_result(keypoint, to_gray(image0), to_gray(image1))
             return keypoint
@@ -613,17 +654,24 @@ class Pipeline:
                 match: Callable[[str], MatchResult]) -> tuple[MatchResult, str | None]:
         """matcher 'auto''s textureless chain, for single pairs and streams alike: go down
         `paths` (preferred first), matching with `match(path)`, while the best result so far
-        is missing or too thin (`rescues`), and keep the one with the most matches. The
+        is missing or too thin (`rescues`), and keep the one with the most matches; or while
+        it is `ambiguous`, and keep the next path's result where that `contradicts` it. The
         preferred path is always tried first: the fallback localises less precisely (about
-        2 px on blurred frames), so it serves only the frames the preferred path leaves thin.
+        2 px on blurred frames), so it serves only the frames the preferred path leaves thin
+        or gets wrong.
         Returns the best result and the path that produced it (None: `best` as given)."""
         served = None
         for path in paths:
-            if best is not None and not self.rescues(best):
-                break  # rich enough: the next path serves thin results only
-            other = match(path)
-            if best is None or other.found > best.found:
-                best, served = other, path
+            if best is None or self.rescues(best):
+                other = match(path)
+                if best is None or other.found > best.found:
+                    best, served = other, path
+            elif self.ambiguous(best, served):
+                other = match(path)
+                if self.contradicts(other, best):
+                    best, served = other, path
+            else:
+                break  # rich enough: the next path serves thin or ambiguous results only
         return best, served
 
     def _match_pair_on(self, path: str, image0: np.ndarray, image1: np.ndarray) -> MatchResult:

@@ -64,6 +64,7 @@ class MatchResult:
     keypoint_cap: int = 0               # cap used for image 1's extraction
     extraction_scale: float = 1.0       # image 1's working size / original size
     off_dropped: int = 0                # matches refine_outliers 'drop' removed (found off)
+    epipolar_dropped: int = 0           # a textureless path's matches its epipolar check removed
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])

@@ -226,15 +226,17 @@ class SequentialMatcher:
     def _verified(self, previous: Frame, frame: Frame, result: MatchResult,
                   start: float) -> MatchResult:
         """A textureless-state pair's result, or the keypoint matcher's of the same frames when
-        its own matches contradict it (Pipeline.keypoint_result_wins, `textureless_verify`);
-        then the frame is on the keypoint matcher (its tracks are the extractor's points)."""
+        its own matches contradict it (Pipeline.keypoint_result_wins, `textureless_verify`;
+        only a descriptor-only path's result is checked); then the frame is on the keypoint
+        matcher (its tracks are the extractor's points)."""
         pipeline = self.pipeline
         if (previous.features is None or frame.features is None
+                or not pipeline.descriptor_only(frame.matcher)
                 or not pipeline.verifies(previous.features, frame.features)):
             return result
         keypoint = pipeline.match_features(previous.features, frame.features,
                                            hook=pipeline.budget.deadline(start))
-        if not pipeline.keypoint_result_wins(keypoint, result):
+        if not pipeline.keypoint_result_wins(keypoint, result, frame.matcher):
             return result
         if pipeline.refining:
             self._refine(previous, frame, keypoint, start)

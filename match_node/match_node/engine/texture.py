@@ -21,6 +21,12 @@ a textureless path's result on such a frame can be mostly wrong while LightGlue,
 tells them apart, still finds a few dozen correct matches. `epipolar_agreement` measures how
 many of the path's matches the keypoint matcher's own geometry supports; the pipeline
 publishes the keypoint matcher's result when that is under half (`textureless_verify`).
+The nearest neighbours' own epipolar check says it first: on a repetitive surface it removes
+a third to three quarters of them (the wrong periods of different tiles do not share one
+geometry), on every other low-texture pair of bench/lowtexture.py at most a quarter. Such an
+ambiguous result (under AMBIGUOUS_SURVIVAL kept) is checked against the fallback's (XFeat +
+LighterGlue, whose context tells the periods apart), and gives way to it when fewer than
+FALLBACK_AGREEMENT of its matches agree with the fallback's geometry.
 
 Motion blur in one frame of a pair and not in the other (a jolt, a fast turn) is the other
 trap of a keypoint detector: on a 12-20 px streak its keypoints sit towards the streak's ends,
@@ -42,6 +48,19 @@ import numpy as np
 TEXTURELESS_LOFTR = "loftr"
 TEXTURELESS_SIFT = "sift-clahe+nn"  # its messages carry extractor 'sift-clahe', matcher 'nn'
 TEXTURELESS_XFEAT = "xfeat+lighterglue"  # the fallback: extractor 'xfeat', matcher 'lighterglue'
+
+# A descriptor-only path's result is ambiguous when its epipolar check kept fewer than this
+# share of the matcher's matches: the middle of the gap measured for SIFT-CLAHE + nearest
+# neighbours on bench/lowtexture.py's low-texture pairs (tuning, held-out and smooth
+# photographs, seeds 0-1) where it found at least texture_min_matches: 0.24-0.66 kept on the
+# 10 repetitive surfaces, 0.75-1.00 on the 204 others.
+AMBIGUOUS_SURVIVAL = 0.7
+# An ambiguous result gives way to the fallback's when fewer than this share of its matches
+# agree with the fallback's epipolar geometry (epipolar_agreement). Same pairs: 0.10-0.50 on
+# the repetitive surfaces (where 10-50% of its matches were correct); 0.86-1.00 on the others
+# that kept under 90%, but for one close-up (0.41 with 94% of its matches correct: XFeat's
+# geometry there is the worse one), which kept 85% and is not ambiguous.
+FALLBACK_AGREEMENT = 0.75
 
 
 @dataclass(frozen=True)
