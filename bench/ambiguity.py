@@ -1,0 +1,149 @@
+"""The nearest-neighbour textureless path's ambiguity test, measured.
+
+    python -m bench.ambiguity [--photos held-out,tuning,smooth] [--seeds 0,1]
+                              [--output bench/results]
+
+Matcher 'auto''s textureless path without a LoFTR file is SIFT on CLAHE images with nearest
+neighbours and an epipolar check. On a repetitive surface the nearest neighbours pick wrong
+periods, which the epipolar check mostly removes; what it keeps can still be mostly wrong.
+For every low-texture pair (match_node.groundtruth.lowtexture) this matches both textureless
+paths as config/match_node.yaml builds them (refined, as served) and reports, where the SIFT
+path found at least texture_min_matches:
+
+  * kept: the share of the nearest neighbours' matches the epipolar check kept
+    (texture.AMBIGUOUS_SURVIVAL is the threshold);
+  * agreement: the share of SIFT's matches within 4 px of the epipolar geometry of the XFeat
+    fallback's matches (texture.epipolar_agreement; texture.FALLBACK_AGREEMENT);
+  * the precision (< 3 px) of both, and which one Pipeline.richest publishes;
+  * the cost of the check where it runs: the fallback's extraction of both images, match and
+    refinement, beside the SIFT path's (ms, one pair from scratch, `--threads`).
+
+Writes ambiguity.md and ambiguity.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from bench.evaluate import reprojection_errors
+from bench.lowtexture import CONFIG
+from match_node import Pipeline
+from match_node.engine.texture import (AMBIGUOUS_SURVIVAL, FALLBACK_AGREEMENT,
+                                       TEXTURELESS_SIFT, TEXTURELESS_XFEAT,
+                                       epipolar_agreement)
+from match_node.groundtruth.lowtexture import (HELD_OUT_PHOTOS, KINDS, SMOOTH_PHOTOS,
+                                               TUNING_PHOTOS, make_pairs)
+
+PHOTO_SETS = {"held-out": HELD_OUT_PHOTOS, "tuning": TUNING_PHOTOS, "smooth": SMOOTH_PHOTOS}
+
+
+def precision(pair, result) -> float:
+    if not len(result):
+        return float("nan")
+    errors = reprojection_errors(pair.homography, result.keypoints0.astype(float),
+                                 result.keypoints1.astype(float))
+    return float(np.mean(errors < 3))
+
+
+def measure(pipeline: Pipeline, pair) -> dict:
+    """Both textureless paths on one pair, and what the chain publishes from them."""
+    start = time.perf_counter()
+    sift = pipeline._match_pair_on(TEXTURELESS_SIFT, pair.image0, pair.image1)
+    sift_ms = (time.perf_counter() - start) * 1e3
+    row = {"pair": pair.id, "kind": pair.kind, "sift_ms": sift_ms, "sift_found": sift.found,
+           "sift_proposed": sift.found + sift.epipolar_dropped,
+           "sift_precision": precision(pair, sift)}
+    if sift.found < pipeline.params["texture_min_matches"]:
+        return row  # thin: the fallback serves it by count, not by this test
+    start = time.perf_counter()
+    xfeat = pipeline._match_pair_on(TEXTURELESS_XFEAT, pair.image0, pair.image1)
+    row["xfeat_ms"] = (time.perf_counter() - start) * 1e3
+    agreement = epipolar_agreement(xfeat.keypoints0, xfeat.keypoints1, sift.keypoints0,
+                                   sift.keypoints1,
+                                   min_reference=max(pipeline.params["texture_min_matches"], 8))
+    served, _ = pipeline.richest(None, pipeline.textureless_chain,
+                                 {TEXTURELESS_SIFT: sift, TEXTURELESS_XFEAT: xfeat}.get)
+    row.update(kept=sift.found / max(row["sift_proposed"], 1), agreement=agreement,
+               xfeat_found=xfeat.found, xfeat_precision=precision(pair, xfeat),
+               ambiguous=pipeline.ambiguous(sift, TEXTURELESS_SIFT),
+               served=TEXTURELESS_XFEAT if served is xfeat else TEXTURELESS_SIFT)
+    return row
+
+
+def span(values: list[float]) -> str:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    return f"{min(values):.2f}-{max(values):.2f}" if values else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", default="held-out,tuning,smooth",
+                        help="comma-separated sets: held-out, tuning, smooth")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", default="bench/results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    photos = tuple(p for name in args.photos.split(",") for p in PHOTO_SETS[name])
+    pipeline = Pipeline.from_yaml(CONFIG, device="cpu", allow_download=False)
+    started = time.perf_counter()
+    rows = []
+    for pair in make_pairs(photos, KINDS, seeds):
+        rows.append(measure(pipeline, pair))
+        print(f"[ambiguity] {rows[-1]}", flush=True)
+
+    rich = [r for r in rows if "kept" in r]
+    lines = [
+        f"Low-texture pairs: {len(photos)} photographs ({args.photos}) x {len(KINDS)} kinds x "
+        f"seeds {list(seeds)} at 640x480 ({len(rows)} pairs), matched on both textureless "
+        f"paths of config/match_node.yaml (refined). {len(rich)} pairs where the SIFT-CLAHE "
+        "path found at least texture_min_matches. kept: share of its nearest neighbours the "
+        "epipolar check kept; agreement: share of its matches within 4 px of the epipolar "
+        "geometry of the XFeat fallback's matches. Ambiguous: kept < "
+        f"{AMBIGUOUS_SURVIVAL}; replaced when agreement < {FALLBACK_AGREEMENT}.", "",
+        "| pairs | count | kept | agreement | SIFT precision | ambiguous | replaced by XFeat |",
+        "|---|---|---|---|---|---|---|"]
+    for label, group in (("repetitive", [r for r in rich if r["kind"] == "repetitive"]),
+                         ("all other kinds", [r for r in rich if r["kind"] != "repetitive"])):
+        lines.append(
+            f"| {label} | {len(group)} | {span([r['kept'] for r in group])} | "
+            f"{span([r['agreement'] for r in group])} | "
+            f"{span([r['sift_precision'] for r in group])} | "
+            f"{sum(r['ambiguous'] for r in group)} | "
+            f"{sum(r['served'] == TEXTURELESS_XFEAT for r in group)} |")
+    checked = [r for r in rich if r["ambiguous"]]
+    if checked:
+        lines += ["", f"Cost where the check runs ({len(checked)} ambiguous pairs, "
+                  f"{args.threads} thread(s), CPU shared with other jobs): the fallback "
+                  f"median {np.median([r['xfeat_ms'] for r in checked]):.0f} ms on top of the "
+                  f"SIFT path's {np.median([r['sift_ms'] for r in checked]):.0f} ms."]
+    lines += ["", "Pairs kept under 0.9 (each: kept, agreement, SIFT precision -> XFeat "
+              "precision, published path):", ""]
+    for r in sorted(rich, key=lambda r: r["kept"]):
+        if r["kept"] < 0.9:
+            agreement = "-" if r["agreement"] is None else f"{r['agreement']:.2f}"
+            lines.append(f"- {r['pair']}: kept {r['kept']:.2f}, agreement {agreement}, "
+                         f"precision {r['sift_precision']:.2f} -> {r['xfeat_precision']:.2f}, "
+                         f"{r['served']}")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "ambiguity.md").write_text("\n".join(lines) + "\n")
+    settings = {"photos": args.photos, "seeds": list(seeds), "threads": args.threads,
+                "ambiguous_survival": AMBIGUOUS_SURVIVAL,
+                "fallback_agreement": FALLBACK_AGREEMENT,
+                "seconds": time.perf_counter() - started}
+    (output / "ambiguity.json").write_text(json.dumps({"settings": settings, "pairs": rows},
+                                                      indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
