@@ -12,11 +12,20 @@ path found at least texture_min_matches:
 
   * kept: the share of the nearest neighbours' matches the epipolar check kept
     (texture.AMBIGUOUS_SURVIVAL is the threshold);
-  * agreement: the share of SIFT's matches within 4 px of the epipolar geometry of the XFeat
-    fallback's matches (texture.epipolar_agreement; texture.FALLBACK_AGREEMENT);
+  * agreement: the share of SIFT's matches within 4 px of the geometry of the XFeat
+    fallback's matches (texture.geometric_agreement: its homography where one explains them,
+    else its epipolar geometry; texture.FALLBACK_AGREEMENT);
   * the precision (< 3 px) of both, and which one Pipeline.richest publishes;
   * the cost of the check where it runs: the fallback's extraction of both images, match and
     refinement, beside the SIFT path's (ms, one pair from scratch, `--threads`).
+
+Then streams over a repetitive surface (the generator's tiled scene, on a camera path of
+match_node.groundtruth.planar, every frame degraded by `--stream-kinds`): consecutive frames
+move along the rows of tiles, where a period shift stays on its epipolar line. Each stream
+runs twice through the same pipeline: as shipped, and with the agreement measured against
+the epipolar geometry only (texture.epipolar_agreement, the rule before the homography
+choice); per stream the precision (< 3 px) of the published matches, the frames each path
+served and the track resets.
 
 Writes ambiguity.md and ambiguity.json.
 """
@@ -33,12 +42,15 @@ import torch
 
 from bench.evaluate import reprojection_errors
 from bench.lowtexture import CONFIG
-from match_node import Pipeline
+from match_node import Pipeline, SequentialMatcher
+from match_node.engine import pipeline as pipeline_module
 from match_node.engine.texture import (AMBIGUOUS_SURVIVAL, FALLBACK_AGREEMENT,
                                        TEXTURELESS_SIFT, TEXTURELESS_XFEAT,
-                                       epipolar_agreement)
+                                       epipolar_agreement, geometric_agreement)
 from match_node.groundtruth.lowtexture import (HELD_OUT_PHOTOS, KINDS, SMOOTH_PHOTOS,
-                                               TUNING_PHOTOS, make_pairs)
+                                               TUNING_PHOTOS, degrade_frame, make_pairs,
+                                               repetitive_scene)
+from match_node.groundtruth.planar import make_sequence
 
 PHOTO_SETS = {"held-out": HELD_OUT_PHOTOS, "tuning": TUNING_PHOTOS, "smooth": SMOOTH_PHOTOS}
 
@@ -64,9 +76,9 @@ def measure(pipeline: Pipeline, pair) -> dict:
     start = time.perf_counter()
     xfeat = pipeline._match_pair_on(TEXTURELESS_XFEAT, pair.image0, pair.image1)
     row["xfeat_ms"] = (time.perf_counter() - start) * 1e3
-    agreement = epipolar_agreement(xfeat.keypoints0, xfeat.keypoints1, sift.keypoints0,
-                                   sift.keypoints1,
-                                   min_reference=max(pipeline.params["texture_min_matches"], 8))
+    agreement = geometric_agreement(xfeat.keypoints0, xfeat.keypoints1, sift.keypoints0,
+                                    sift.keypoints1,
+                                    min_reference=max(pipeline.params["texture_min_matches"], 8))
     served, _ = pipeline.richest(None, pipeline.textureless_chain,
                                  {TEXTURELESS_SIFT: sift, TEXTURELESS_XFEAT: xfeat}.get)
     row.update(kept=sift.found / max(row["sift_proposed"], 1), agreement=agreement,
@@ -74,6 +86,27 @@ def measure(pipeline: Pipeline, pair) -> dict:
                ambiguous=pipeline.ambiguous(sift, TEXTURELESS_SIFT),
                served=TEXTURELESS_XFEAT if served is xfeat else TEXTURELESS_SIFT)
     return row
+
+
+def repetitive_stream(pipeline: Pipeline, photo: str, kind: str, frames: int) -> dict:
+    """One stream over `photo`'s tiled scene, every frame degraded by `kind`."""
+    sequence = make_sequence(repetitive_scene(photo), frames, seed=1)
+    stream = SequentialMatcher(pipeline)
+    paths, resets, matches, correct = [], 0, 0, 0
+    for t, frame in enumerate(sequence.frames):
+        event = stream.push(degrade_frame(frame, kind, seed=t), t + 1)
+        if event.result is None:
+            continue
+        result = event.result
+        errors = reprojection_errors(sequence.relative(t - 1, t),
+                                     result.keypoints0.astype(float),
+                                     result.keypoints1.astype(float))
+        paths.append(f"{result.extractor}+{result.matcher}")
+        resets += event.tracks_reset
+        matches += len(result)
+        correct += int((errors < 3).sum())
+    return {"photo": photo, "kind": kind, "paths": paths, "resets": resets,
+            "precision": correct / max(matches, 1), "matches": matches / max(len(paths), 1)}
 
 
 def span(values: list[float]) -> str:
@@ -86,6 +119,10 @@ def main() -> None:
     parser.add_argument("--photos", default="held-out,tuning,smooth",
                         help="comma-separated sets: held-out, tuning, smooth")
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--stream-photos", default="chelsea,gravel,coins,clock",
+                        help="photographs of the repetitive-surface streams; 'none' skips")
+    parser.add_argument("--stream-kinds", default="low_contrast,blur_low_contrast")
+    parser.add_argument("--stream-frames", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default="bench/results")
     args = parser.parse_args()
@@ -133,6 +170,34 @@ def main() -> None:
             lines.append(f"- {r['pair']}: kept {r['kept']:.2f}, agreement {agreement}, "
                          f"precision {r['sift_precision']:.2f} -> {r['xfeat_precision']:.2f}, "
                          f"{r['served']}")
+    streams = []
+    if args.stream_photos != "none":
+        for photo in args.stream_photos.split(","):
+            for kind in args.stream_kinds.split(","):
+                for rule, agreement in (("shipped", geometric_agreement),
+                                        ("epipolar only", epipolar_agreement)):
+                    pipeline_module.geometric_agreement = agreement
+                    try:
+                        row = repetitive_stream(pipeline, photo, kind, args.stream_frames)
+                    finally:
+                        pipeline_module.geometric_agreement = geometric_agreement
+                    streams.append({"rule": rule, **row})
+                    print(f"[ambiguity] stream {streams[-1]}", flush=True)
+        lines += ["", f"Streams over a repetitive surface ({args.stream_frames} frames, "
+                  f"{args.stream_frames - 1} messages each): precision of the published matches, "
+                  "frames served by SIFT / XFeat / LightGlue, track resets; shipped against "
+                  "the agreement with the fallback's epipolar geometry only.", "",
+                  "| photo | kind | precision shipped / epipolar only | SIFT / XFeat / LightGlue "
+                  "frames shipped | epipolar only | resets shipped / epipolar only |",
+                  "|---|---|---|---|---|---|"]
+        for shipped, before in zip(streams[::2], streams[1::2]):
+            def served(row):
+                return " / ".join(str(sum(p.startswith(name) for p in row["paths"]))
+                                  for name in ("sift", "xfeat", "aliked"))
+            lines.append(f"| {shipped['photo']} | {shipped['kind']} | "
+                         f"{shipped['precision']:.2f} / {before['precision']:.2f} | "
+                         f"{served(shipped)} | {served(before)} | "
+                         f"{shipped['resets']} / {before['resets']} |")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "ambiguity.md").write_text("\n".join(lines) + "\n")
@@ -140,8 +205,8 @@ def main() -> None:
                 "ambiguous_survival": AMBIGUOUS_SURVIVAL,
                 "fallback_agreement": FALLBACK_AGREEMENT,
                 "seconds": time.perf_counter() - started}
-    (output / "ambiguity.json").write_text(json.dumps({"settings": settings, "pairs": rows},
-                                                      indent=1))
+    (output / "ambiguity.json").write_text(json.dumps(
+        {"settings": settings, "pairs": rows, "streams": streams}, indent=1))
     print("\n".join(lines))
 
 

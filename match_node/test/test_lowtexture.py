@@ -10,10 +10,11 @@ import pytest
 from match_node import Pipeline, SequentialMatcher
 from match_node.engine.results import MatchResult
 from match_node.groundtruth.lowtexture import (FRAME_KINDS, KINDS, degrade_frame, make_pair, render,
-                                   view_pair)
+                                   repetitive_scene, view_pair)
 from match_node.groundtruth.planar import make_sequence, reprojection_errors
 from match_node.engine.texture import (TEXTURELESS_SIFT, TEXTURELESS_XFEAT, contrast_normalise,
-                                       epipolar_agreement, epipolar_inliers, measure_texture)
+                                       epipolar_agreement, epipolar_inliers,
+                                       geometric_agreement, measure_texture)
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "match_node.yaml"
 
@@ -146,6 +147,33 @@ def test_epipolar_agreement_tells_matches_a_reference_supports():
     assert 0.25 < epipolar_agreement(reference0, reference1, k0, mixed) < 0.45
     assert epipolar_agreement(reference0[:19], reference1[:19], k0, k1) is None
     assert epipolar_agreement(reference0, reference1, k0[:0], k1[:0]) is None
+
+
+def test_geometric_agreement_uses_the_homography_of_a_planar_reference():
+    """A camera moving sideways over a tilted floor: the reference's homography explains it,
+    so matches one 'period' (80 px) off along the rows of tiles disagree, correct ones agree.
+    A deep scene has no such homography: the epipolar geometry decides, as in
+    epipolar_agreement."""
+    rng = np.random.default_rng(5)
+    K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    xy = np.c_[rng.uniform(-3, 3, 300), rng.uniform(-2, 2, 300)]
+    floor = np.c_[xy, 8 + 0.3 * xy[:, 1]]
+    project = lambda p: (p @ K.T)[:, :2] / p[:, 2:3]  # noqa: E731
+    k0, k1 = project(floor), project(floor - np.array([0.5, 0.0, 0.0]))
+    reference1 = k1[:150] + rng.normal(0, 0.5, (150, 2))
+    assert geometric_agreement(k0[:150], reference1, k0[150:], k1[150:]) > 0.97
+    shifted = k1[150:] + np.array([80.0, 0.0])
+    assert geometric_agreement(k0[:150], reference1, k0[150:], shifted) < 0.05
+    assert geometric_agreement(k0[:19], reference1[:19], k0[150:], k1[150:]) is None
+
+    reference0, reference1 = two_views(np.random.default_rng(1), 60)
+    reference1 += np.random.default_rng(2).normal(0, 0.5, reference1.shape)
+    d0, d1 = two_views(np.random.default_rng(3), 100)
+    angle = np.random.default_rng(4).uniform(0, 2 * np.pi, 100)
+    mixed = np.r_[d1[:50], d1[50:] + 80 * np.c_[np.cos(angle), np.sin(angle)][50:]]
+    deep = geometric_agreement(reference0, reference1, d0, mixed)
+    assert deep == epipolar_agreement(reference0, reference1, d0, mixed)
+    assert 0.45 < deep < 0.7
 
 
 def test_texture_thresholds_follow_the_cap_and_the_resolution():
@@ -439,6 +467,24 @@ def test_ambiguous_nearest_neighbours_give_way_to_the_fallback(shipped, monkeypa
     path, precision = served_precision(pair, event.result)  # ... the fallback's matches win
     assert path == ("xfeat", "lighterglue") and precision >= 0.95
     assert event.tracks_reset and len(event.result.track_ids) == len(event.result)
+
+
+def test_a_period_shift_along_the_epipolar_lines_is_caught_by_the_homography(shipped):
+    """Consecutive frames of a camera moving along the rows of a tiled, low-contrast floor:
+    SIFT's matches one period (165 px) off lie on the epipolar lines of XFeat's correct
+    matches, but off their homography, so the fallback's result is published."""
+    sequence = make_sequence(repetitive_scene("gravel"), 5, seed=1)
+    image0, image1 = (degrade_frame(sequence.frames[t], "low_contrast", seed=t) for t in (2, 3))
+    sift = shipped._match_pair_on(TEXTURELESS_SIFT, image0, image1)
+    xfeat = shipped._match_pair_on(TEXTURELESS_XFEAT, image0, image1)
+    assert shipped.ambiguous(sift, TEXTURELESS_SIFT)
+    reference = (xfeat.keypoints0, xfeat.keypoints1, sift.keypoints0, sift.keypoints1)
+    assert epipolar_agreement(*reference) > 0.9 > 0.5 > geometric_agreement(*reference)
+    result = shipped.match(image0, image1)
+    errors = reprojection_errors(sequence.relative(2, 3), result.keypoints0.astype(float),
+                                 result.keypoints1.astype(float))
+    assert (result.extractor, result.matcher) == ("xfeat", "lighterglue")
+    assert np.mean(errors < 3) >= 0.9
 
 
 def test_lightglue_overrules_a_nearest_neighbour_result_it_contradicts(one_torch_thread):

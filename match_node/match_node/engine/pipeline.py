@@ -33,8 +33,8 @@ from ..models.lightglue import LayerHook, MatchOutput
 from .refine import MULTISCALE_OFF_STDERR_PX, refine_matches, refine_multiscale, to_gray
 from .texture import (AMBIGUOUS_SURVIVAL, FALLBACK_AGREEMENT, TEXTURELESS_LOFTR,
                       MatcherSwitch, Texture, blur_change, contrast_normalise,
-                      epipolar_agreement, epipolar_inliers, gradient_tensor, measure_texture,
-                      pair_linear_map)
+                      epipolar_agreement, epipolar_inliers, geometric_agreement,
+                      gradient_tensor, measure_texture, pair_linear_map)
 from .results import Features, LoftrFeatures, MatchResult, filter_result
 
 if TYPE_CHECKING:
@@ -533,10 +533,11 @@ class Pipeline:
     def contradicts(self, other: MatchResult, ambiguous: MatchResult) -> bool:
         """Whether the next path's `other` result replaces an `ambiguous` one: it is not
         thin itself, and fewer than FALLBACK_AGREEMENT of the ambiguous result's matches
-        agree with its epipolar geometry (texture.epipolar_agreement)."""
+        agree with its geometry (texture.geometric_agreement: its homography where one
+        explains it, else its epipolar geometry)."""
         if self.rescues(other):
             return False
-        agreement = epipolar_agreement(
+        agreement = geometric_agreement(
             other.keypoints0, other.keypoints1, ambiguous.keypoints0, ambiguous.keypoints1,
             min_reference=self._verify_min_matches)
         return agreement is not None and agreement < FALLBACK_AGREEMENT

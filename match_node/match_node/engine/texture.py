@@ -26,7 +26,9 @@ a third to three quarters of them (the wrong periods of different tiles do not s
 geometry), on every other low-texture pair of bench/lowtexture.py at most a quarter. Such an
 ambiguous result (under AMBIGUOUS_SURVIVAL kept) is checked against the fallback's (XFeat +
 LighterGlue, whose context tells the periods apart), and gives way to it when fewer than
-FALLBACK_AGREEMENT of its matches agree with the fallback's geometry.
+FALLBACK_AGREEMENT of its matches agree with the fallback's geometry (`geometric_agreement`:
+its homography where one explains it, since a period shift along the rows of tiles stays on
+its epipolar line when the camera moves along them).
 
 Motion blur in one frame of a pair and not in the other (a jolt, a fast turn) is the other
 trap of a keypoint detector: on a 12-20 px streak its keypoints sit towards the streak's ends,
@@ -53,14 +55,18 @@ TEXTURELESS_XFEAT = "xfeat+lighterglue"  # the fallback: extractor 'xfeat', matc
 # share of the matcher's matches: the middle of the gap measured for SIFT-CLAHE + nearest
 # neighbours on bench/lowtexture.py's low-texture pairs (tuning, held-out and smooth
 # photographs, seeds 0-1) where it found at least texture_min_matches: 0.24-0.66 kept on the
-# 10 repetitive surfaces, 0.75-1.00 on the 204 others.
+# 31 repetitive surfaces, 0.75-1.00 on the 222 others (bench/results/ambiguity.md).
 AMBIGUOUS_SURVIVAL = 0.7
 # An ambiguous result gives way to the fallback's when fewer than this share of its matches
-# agree with the fallback's epipolar geometry (epipolar_agreement). Same pairs: 0.10-0.50 on
-# the repetitive surfaces (where 10-50% of its matches were correct); 0.86-1.00 on the others
-# that kept under 90%, but for one close-up (0.41 with 94% of its matches correct: XFeat's
-# geometry there is the worse one), which kept 85% and is not ambiguous.
+# agree with the fallback's geometry (geometric_agreement). Same pairs: 0.00-0.58 on the
+# repetitive surfaces (where 0-56% of its matches were correct); 0.84-1.00 on the others but
+# for one close-up (0.41 with 94% of its matches correct: XFeat's geometry there is the worse
+# one), which kept 85% and is not ambiguous.
 FALLBACK_AGREEMENT = 0.75
+# geometric_agreement checks against the reference's homography where its inliers are at least
+# this share of its fundamental matrix's (a fundamental matrix fits any planar view too, so
+# the homography, where it does as well, is the model with the constraint that matters).
+HOMOGRAPHY_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -242,6 +248,42 @@ def epipolar_agreement(reference0: np.ndarray, reference1: np.ndarray,
         return None
     distances = sampson_distances(fundamental, keypoints0, keypoints1)
     return float(np.mean(distances < threshold_px))
+
+
+def geometric_agreement(reference0: np.ndarray, reference1: np.ndarray,
+                        keypoints0: np.ndarray, keypoints1: np.ndarray,
+                        threshold_px: float = 4.0, min_reference: int = 20) -> float | None:
+    """Share of the matches (keypoints0, keypoints1) that agree with the geometry of the
+    reference matches: within `threshold_px` of the transfer by a homography where one
+    explains the reference (its MAGSAC++ inliers at 1.5 px at least HOMOGRAPHY_SHARE of the
+    fundamental matrix's: a planar surface, a rotation, or a motion too small for parallax),
+    else of its epipolar geometry (`epipolar_agreement`). None as there.
+
+    A fundamental matrix cannot see a shift along its epipolar lines, and that is where a
+    repetitive surface's period shifts lie when the camera moves along the rows of tiles:
+    over consecutive frames of a tiled, low-contrast surface, SIFT's matches one period (165
+    px) off agreed with the epipolar geometry of XFeat's correct matches on 3 of 4 frames, and
+    with its homography on none. On bench/lowtexture.py's pairs (planar: the homography
+    is chosen) the repetitive ones agreed 0.00-0.58, the others 0.84-1.00 but for one close-up
+    (bench/results/ambiguity.md)."""
+    r0 = np.asarray(reference0, np.float64).reshape(-1, 2)
+    r1 = np.asarray(reference1, np.float64).reshape(-1, 2)
+    k0 = np.asarray(keypoints0, np.float64).reshape(-1, 2)
+    k1 = np.asarray(keypoints1, np.float64).reshape(-1, 2)
+    if len(r0) < max(min_reference, 8) or len(k0) == 0:
+        return None
+    try:
+        _, fundamental_mask = cv2.findFundamentalMat(r0, r1, cv2.USAC_MAGSAC, 1.5, 0.999,
+                                                     10000)
+        homography, homography_mask = cv2.findHomography(r0, r1, cv2.USAC_MAGSAC, 1.5)
+    except cv2.error:  # degenerate reference (e.g. all points on a line)
+        return None
+    if homography is None or homography_mask is None or (
+            fundamental_mask is not None
+            and homography_mask.sum() < HOMOGRAPHY_SHARE * fundamental_mask.sum()):
+        return epipolar_agreement(r0, r1, k0, k1, threshold_px, min_reference)
+    transferred = cv2.perspectiveTransform(k0.reshape(-1, 1, 2), homography).reshape(-1, 2)
+    return float(np.mean(np.linalg.norm(transferred - k1, axis=1) < threshold_px))
 
 
 def gradient_tensor(gray: np.ndarray) -> np.ndarray:

@@ -164,6 +164,14 @@ def repetitive(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return tiled * shading
 
 
+def repetitive_scene(photo: str, seed: int = 0, size: tuple[int, int] = (640, 480)) -> np.ndarray:
+    """The tiled scene (uint8 RGB) that make_pair(photo, "repetitive", seed, size) views, for
+    camera paths over it (groundtruth.planar.make_sequence)."""
+    scene = repetitive(_as_rgb(load_photo(photo)).astype(np.float32),
+                       _rng("pair", photo, "repetitive", seed, *size))
+    return np.clip(np.round(scene), 0, 255).astype(np.uint8)
+
+
 # --- frame kinds: the camera degrades the image ----------------------------------------------
 def _noise(frame: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
     return frame + rng.normal(0.0, sigma, frame.shape).astype(np.float32)
