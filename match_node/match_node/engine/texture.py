@@ -245,9 +245,23 @@ def epipolar_agreement(reference0: np.ndarray, reference1: np.ndarray,
     if len(r0) < max(min_reference, 8) or len(keypoints0) == 0:
         return None
     try:
-        fundamental, _ = cv2.findFundamentalMat(r0, r1, cv2.USAC_MAGSAC, 1.5, 0.999, 10000)
+        fundamental, _ = _reference_fundamental(r0, r1)
     except cv2.error:  # degenerate reference (e.g. all points on a line)
         return None
+    return _share_on_epipolar_lines(fundamental, keypoints0, keypoints1, threshold_px)
+
+
+def _reference_fundamental(reference0: np.ndarray, reference1: np.ndarray
+                           ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The reference matches' fundamental matrix (MAGSAC++, 1.5 px) and inlier mask, as
+    OpenCV returns them (raises cv2.error on degenerate input)."""
+    return cv2.findFundamentalMat(reference0, reference1, cv2.USAC_MAGSAC, 1.5, 0.999, 10000)
+
+
+def _share_on_epipolar_lines(fundamental: np.ndarray | None, keypoints0: np.ndarray,
+                             keypoints1: np.ndarray, threshold_px: float) -> float | None:
+    """Share of the matches within `threshold_px` (Sampson) of `fundamental`; None without
+    a model."""
     if fundamental is None or fundamental.shape != (3, 3):
         return None
     distances = sampson_distances(fundamental, keypoints0, keypoints1)
@@ -278,15 +292,15 @@ def geometric_agreement(reference0: np.ndarray, reference1: np.ndarray,
     if len(r0) < max(min_reference, 8) or len(k0) == 0:
         return None
     try:
-        _, fundamental_mask = cv2.findFundamentalMat(r0, r1, cv2.USAC_MAGSAC, 1.5, 0.999,
-                                                     10000)
+        fundamental, fundamental_mask = _reference_fundamental(r0, r1)
         homography, homography_mask = cv2.findHomography(r0, r1, cv2.USAC_MAGSAC, 1.5)
     except cv2.error:  # degenerate reference (e.g. all points on a line)
         return None
     if homography is None or homography_mask is None or (
             fundamental_mask is not None
             and homography_mask.sum() < HOMOGRAPHY_SHARE * fundamental_mask.sum()):
-        return epipolar_agreement(r0, r1, k0, k1, threshold_px, min_reference)
+        # The fundamental matrix fitted above: epipolar_agreement would fit it again.
+        return _share_on_epipolar_lines(fundamental, k0, k1, threshold_px)
     transferred = cv2.perspectiveTransform(k0.reshape(-1, 1, 2), homography).reshape(-1, 2)
     return float(np.mean(np.linalg.norm(transferred - k1, axis=1) < threshold_px))
 
