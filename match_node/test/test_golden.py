@@ -11,9 +11,10 @@ Regenerate only for an intended change of behaviour, and say so in the commit:
 
     MATCH_NODE_REGENERATE_GOLDEN=1 python -m pytest -q test/test_golden.py
 
-Tolerances: integers (indices, track ids, counts, exit layers, stamps) and strings exactly;
-pixel coordinates within 1e-3 px and scores within 1e-4 (the run is pinned to one thread, so
-these absorb only library-level float differences, not behaviour).
+Tolerances: strings and integers (track ids, counts, exit layers, stamps) exactly, but for a
+few keypoint indices and `refined` flags; pixel coordinates and scores by the median, 90th
+percentile and largest difference of each array (see the constants: they absorb the float
+differences between CPUs measured on two hosts, not behaviour).
 """
 from __future__ import annotations
 
@@ -37,18 +38,28 @@ SIZE = (320, 240)
 KINDS = [None, None, None, "fog", "fog", "fog", "fog", None, None, None, "blank", None, None]
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "match_node.yaml"
 PARAMS = {"device": "cpu", "allow_download": False, "max_keypoints": 512}
-PIXEL_TOLERANCE = 1e-3
+# Cross-host tolerances. The run is pinned to one thread, but float rounding differs between
+# CPUs (the SIMD paths of OpenCV and oneDNN), and refinement and the SIFT path's matching are
+# iterative or threshold-driven, so a few matches move much further than the rest. Measured
+# against the file generated on another machine: one AMD EPYC host moved at most 23 of a
+# message's 150 coordinates by more than 1e-3 px (the largest 0.20 px) and flipped one
+# `refined` flag; another moved up to a fifth of the SIFT path's coordinates by more than
+# 0.01 px (medians up to 0.0035 px, 90th percentiles up to 0.032 px, the largest 1.7 px),
+# flipped 6 of 150 `refined` flags, paired one of 157 keypoints differently and moved one
+# confidence by 0.0093 (medians of confidence differences 2.4e-7). A change of behaviour
+# moves most coordinates or changes which matches there are, so a pixel array passes when
+# its median difference is within PIXEL_TOLERANCE, its 90th percentile within PIXEL_P90 and
+# every difference within PIXEL_OUTLIER; scores likewise (SCORE_*); `refined` flags and
+# keypoint indices may differ for up to REFINED_FLIPS and INDEX_CHANGES of a message's
+# matches; the summary's floats within SUMMARY_TOLERANCE.
+PIXEL_TOLERANCE = 0.01
+PIXEL_P90 = 0.1
+PIXEL_OUTLIER = 3.0
 SCORE_TOLERANCE = 1e-4
-# Refinement is iterative, so float rounding that differs between CPUs (the SIMD paths of
-# OpenCV and oneDNN) moves a few matches' positions further: measured against the file
-# generated on another machine, an AMD EPYC host moved at most 23 of a message's 150
-# coordinates by more than PIXEL_TOLERANCE, the largest by 0.20 px. A pixel array passes when
-# its median difference is within PIXEL_TOLERANCE (a change of behaviour moves most of them)
-# and every difference within PIXEL_OUTLIER. The same host flipped one match's `refined` flag
-# (the 0.20 px one: the alignment's acceptance test sits at a threshold), so those flags may
-# differ for up to REFINED_FLIPS of a message's matches.
-PIXEL_OUTLIER = 0.5
-REFINED_FLIPS = 0.02
+SCORE_OUTLIER = 0.05
+REFINED_FLIPS = 0.06
+INDEX_CHANGES = 0.02
+SUMMARY_TOLERANCE = 0.01  # one match of a ~150-match frame changing sides of 3 px: 0.0067
 # The run's summary, less timings, wall time and paths.
 SUMMARY_FIELDS = ("frames", "messages", "dropped", "restarts", "matches_per_frame",
                   "exit_layers", "exit_reasons", "precision_at_3px", "precision_per_frame",
@@ -96,6 +107,19 @@ def is_pixels(where: str, values: np.ndarray) -> bool:
     return values.ndim > 1 or "keypoints" in where or where.endswith(("_x", "_y"))
 
 
+def close(difference: np.ndarray, median: float, p90: float, largest: float,
+          where: str) -> None:
+    """Differences of a float array: the median within `median`, the 90th percentile within
+    `p90` and every one within `largest`."""
+    if difference.size == 0:
+        return
+    summary = (float(np.median(difference)), float(np.percentile(difference, 90)),
+               float(difference.max()))
+    assert summary[0] <= median and summary[1] <= p90 and summary[2] <= largest, \
+        f"{where}: differences median {summary[0]:.2g}, 90th percentile {summary[1]:.2g}, " \
+        f"max {summary[2]:.2g}"
+
+
 def compare(expected, actual, where: str = "") -> None:
     if isinstance(expected, dict):
         assert isinstance(actual, dict), where
@@ -105,16 +129,13 @@ def compare(expected, actual, where: str = "") -> None:
             e, a = np.asarray(expected["values"]), np.asarray(actual["values"])
             assert e.shape == a.shape, f"{where}: shape {a.shape}, expected {e.shape}"
             if e.dtype.kind == "f" and is_pixels(where, e):
-                difference = np.abs(a - e)
-                assert difference.size == 0 or (np.median(difference) <= PIXEL_TOLERANCE
-                                                and difference.max() <= PIXEL_OUTLIER), \
-                    f"{where}: differences median {np.median(difference):.2g} px, max " \
-                    f"{difference.max():.2g} px"
+                close(np.abs(a - e), PIXEL_TOLERANCE, PIXEL_P90, PIXEL_OUTLIER, where)
             elif e.dtype.kind == "f":
-                np.testing.assert_allclose(a, e, atol=SCORE_TOLERANCE, rtol=0, err_msg=where)
-            elif where.endswith(".refined"):
-                flips = int(np.count_nonzero(a != e))
-                assert flips <= REFINED_FLIPS * e.size, f"{where}: {flips} of {e.size} differ"
+                close(np.abs(a - e), SCORE_TOLERANCE, SCORE_TOLERANCE * 10, SCORE_OUTLIER, where)
+            elif where.endswith((".refined", "_index")):
+                share = REFINED_FLIPS if where.endswith(".refined") else INDEX_CHANGES
+                changed = int(np.count_nonzero(a != e))
+                assert changed <= share * e.size, f"{where}: {changed} of {e.size} differ"
             else:
                 np.testing.assert_array_equal(a, e, err_msg=where)
             return
@@ -126,7 +147,7 @@ def compare(expected, actual, where: str = "") -> None:
         for i, (e, a) in enumerate(zip(expected, actual)):
             compare(e, a, f"{where}[{i}]")
     elif isinstance(expected, float):
-        assert actual == pytest.approx(expected, abs=PIXEL_TOLERANCE), where
+        assert actual == pytest.approx(expected, abs=SUMMARY_TOLERANCE), where
     else:
         assert expected == actual, f"{where}: {actual!r}, expected {expected!r}"
 
