@@ -51,9 +51,9 @@ from match_node.engine.texture import (AMBIGUOUS_SURVIVAL, FALLBACK_AGREEMENT,
                                        TEXTURELESS_SIFT, TEXTURELESS_XFEAT,
                                        epipolar_agreement, geometric_agreement)
 from match_node.groundtruth.lowtexture import (HELD_OUT_PHOTOS, KINDS, SMOOTH_PHOTOS,
-                                               TUNING_PHOTOS, degrade_frame, make_pairs,
+                                               TUNING_PHOTOS, degrade_frames, make_pairs,
                                                repetitive_scene)
-from match_node.groundtruth.planar import make_sequence
+from match_node.groundtruth.planar import make_sequence, replay
 
 PHOTO_SETS = {"held-out": HELD_OUT_PHOTOS, "tuning": TUNING_PHOTOS, "smooth": SMOOTH_PHOTOS}
 
@@ -94,24 +94,14 @@ def measure(pipeline: Pipeline, pair) -> dict:
 def repetitive_stream(pipeline: Pipeline, photo: str, kind: str, frames: int) -> dict:
     """One stream over `photo`'s tiled scene, every frame degraded by `kind`."""
     sequence = make_sequence(repetitive_scene(photo), frames, seed=1)
-    stream = SequentialMatcher(pipeline)
-    paths, resets, matches, correct, mostly_wrong = [], 0, 0, 0, 0
-    for t, frame in enumerate(sequence.frames):
-        event = stream.push(degrade_frame(frame, kind, seed=t), t + 1)
-        if event.result is None:
-            continue
-        result = event.result
-        errors = reprojection_errors(sequence.relative(t - 1, t),
-                                     result.keypoints0.astype(float),
-                                     result.keypoints1.astype(float))
-        paths.append(f"{result.extractor}+{result.matcher}")
-        resets += event.tracks_reset
-        matches += len(result)
-        correct += int((errors < 3).sum())
-        mostly_wrong += bool(np.mean(errors < 3) < 0.5) if len(errors) else 1
-    return {"photo": photo, "kind": kind, "paths": paths, "resets": resets,
-            "mostly_wrong": mostly_wrong,
-            "precision": correct / max(matches, 1), "matches": matches / max(len(paths), 1)}
+    published = replay(SequentialMatcher(pipeline),
+                       degrade_frames(sequence.frames, [kind] * frames), sequence)
+    matches = sum(len(p.errors) for p in published)
+    return {"photo": photo, "kind": kind, "paths": [p.path for p in published],
+            "resets": sum(p.tracks_reset for p in published),
+            "mostly_wrong": sum(p.precision < 0.5 for p in published),
+            "precision": sum(p.correct for p in published) / max(matches, 1),
+            "matches": matches / max(len(published), 1)}
 
 
 def span(values: list[float]) -> str:

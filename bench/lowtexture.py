@@ -44,8 +44,8 @@ from bench.evaluate import pairs as textured_pairs
 from match_node import Pipeline, SequentialMatcher
 from match_node import params as P
 from match_node.groundtruth.lowtexture import (HELD_OUT_PHOTOS, KINDS, SMOOTH_PHOTOS,
-                                               TUNING_PHOTOS, degrade_frame, make_pairs)
-from match_node.groundtruth.planar import make_sequence, reprojection_errors
+                                               TUNING_PHOTOS, degrade_frames, make_pairs)
+from match_node.groundtruth.planar import make_sequence, replay, reprojection_errors
 
 CONFIG = Path(__file__).resolve().parents[1] / "match_node" / "config" / "match_node.yaml"
 FAILURE_PX = 10.0  # a homography whose mean corner error exceeds this is unusable
@@ -212,26 +212,17 @@ def stream_runs(overrides: dict[str, Any], photos: tuple[str, ...], kinds: tuple
             n = 3 * frames_per_part
             sequence = make_sequence(photo, num_frames=n, size=size, step=6, seed=1)
             labels = [None] * frames_per_part + [kind] * frames_per_part + [None] * frames_per_part
-            images = [f if k is None else degrade_frame(f, k, t)
-                      for t, (f, k) in enumerate(zip(sequence.frames, labels))]
             stream = SequentialMatcher(pipeline)
             published = []
-            for t, image in enumerate(images):
-                event = stream.push(image, t)
-                result = event.result
-                if result is None:
-                    continue
-                errors = reprojection_errors(sequence.relative(t - 1, t),
-                                             result.keypoints0.astype(np.float64),
-                                             result.keypoints1.astype(np.float64))
+            for p in replay(stream, degrade_frames(sequence.frames, labels), sequence):
+                t = p.frame
                 pair = ("textured" if labels[t] is None and labels[t - 1] is None else
                         "textureless" if labels[t] is not None and labels[t - 1] is not None
                         else "transition")
                 published.append({"photo": photo, "kind": kind, "frame": t, "pair": pair,
-                                  "path": f"{result.extractor}+{result.matcher}",
-                                  "matches": len(result), "correct": int((errors < 3).sum()),
-                                  "tracks_reset": event.tracks_reset,
-                                  **{k: float(v) for k, v in result.timings.items()}})
+                                  "path": p.path, "matches": len(p.errors),
+                                  "correct": p.correct, "tracks_reset": p.tracks_reset,
+                                  **{k: float(v) for k, v in p.result.timings.items()}})
             paths = [f["path"] for f in published]
             changes = sum(a != b for a, b in zip(paths, paths[1:]))
             streams.append({

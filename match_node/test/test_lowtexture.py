@@ -9,9 +9,9 @@ import pytest
 
 from match_node import Pipeline, SequentialMatcher
 from match_node.engine.results import MatchResult
-from match_node.groundtruth.lowtexture import (FRAME_KINDS, KINDS, degrade_frame, make_pair, render,
-                                   repetitive_scene, view_pair)
-from match_node.groundtruth.planar import make_sequence, reprojection_errors
+from match_node.groundtruth.lowtexture import (FRAME_KINDS, KINDS, degrade_frame, degrade_frames,
+                                               make_pair, render, repetitive_scene, view_pair)
+from match_node.groundtruth.planar import make_sequence, replay, reprojection_errors
 from match_node.engine.texture import (TEXTURELESS_SIFT, TEXTURELESS_XFEAT, contrast_normalise,
                                        epipolar_agreement, epipolar_inliers,
                                        geometric_agreement, measure_texture)
@@ -218,27 +218,21 @@ def test_stream_switches_twice_without_empty_messages(shipped):
     matches, mostly correct."""
     sequence = make_sequence("coffee", num_frames=10, size=(640, 480), step=6)
     kinds = [None] * 3 + ["blur_low_contrast"] * 4 + [None] * 3
-    frames = [f if k is None else degrade_frame(f, k, t)
-              for t, (f, k) in enumerate(zip(sequence.frames, kinds))]
     stream = SequentialMatcher(shipped)
-    events = [stream.push(frame, t) for t, frame in enumerate(frames)]
-    results = [(t, e.result, e.tracks_reset) for t, e in enumerate(events) if e.result is not None]
-    paths = [(r.extractor, r.matcher) for _, r, _ in results]
-    textured, textureless = ("aliked-n16", "lightglue"), ("sift-clahe", "nn")
+    published = replay(stream, degrade_frames(sequence.frames, kinds), sequence)
+    textured, textureless = "aliked-n16+lightglue", "sift-clahe+nn"
     # Frame 3 (the first textureless one) is rescued by the textureless path before the switch
     # (LightGlue leaves it almost nothing); frame 7 (textured again) stays on it until the
     # switch has seen two textured frames.
-    assert paths == [textured] * 2 + [textureless] * 5 + [textured] * 2
+    assert [p.path for p in published] == [textured] * 2 + [textureless] * 5 + [textured] * 2
     assert stream.switch.switches == 2
-    assert [reset for _, _, reset in results] == [True, False, True, False, False, False, False,
-                                                  True, False]
-    for t, result, _ in results:
-        errors = reprojection_errors(sequence.relative(t - 1, t),
-                                     result.keypoints0.astype(float),
-                                     result.keypoints1.astype(float))
-        assert len(result) >= 15, (t, len(result))
-        assert np.mean(errors < 3) >= (0.9 if kinds[t] == kinds[t - 1] else 0.6), t
-    tracks = [set(r.track_ids.tolist()) for _, r, _ in results]
+    assert [p.tracks_reset for p in published] == [True, False, True, False, False, False,
+                                                   False, True, False]
+    for p in published:
+        t = p.frame
+        assert len(p.result) >= 15, (t, len(p.result))
+        assert p.precision >= (0.9 if kinds[t] == kinds[t - 1] else 0.6), t
+    tracks = [set(p.result.track_ids.tolist()) for p in published]
     assert tracks[3] & tracks[4]  # tracks continue on the textureless path
 
 
@@ -250,23 +244,15 @@ def test_motion_blur_in_one_frame_goes_to_the_textureless_path(shipped):
     The texture switch itself never moves. A single pair does the same."""
     sequence = make_sequence("chelsea", num_frames=6, size=(640, 480), step=6, seed=1)
     kinds = [None] * 2 + ["motion_blur"] * 2 + [None] * 2
-    frames = [f if k is None else degrade_frame(f, k, t)
-              for t, (f, k) in enumerate(zip(sequence.frames, kinds))]
+    frames = degrade_frames(sequence.frames, kinds)
 
     def run() -> list[tuple[tuple[str, str], float, bool]]:
         stream = SequentialMatcher(shipped)
         served = []
-        for t, frame in enumerate(frames):
-            event = stream.push(frame, t)
-            if event.result is None:
-                continue
-            result = event.result
-            errors = reprojection_errors(sequence.relative(t - 1, t),
-                                         result.keypoints0.astype(float),
-                                         result.keypoints1.astype(float))
-            assert len(result) >= 20 and len(result.track_ids) == len(result), t
-            served.append(((result.extractor, result.matcher), float(np.mean(errors < 3)),
-                           event.tracks_reset))
+        for p in replay(stream, frames, sequence):
+            result = p.result
+            assert len(result) >= 20 and len(result.track_ids) == len(result), p.frame
+            served.append(((result.extractor, result.matcher), p.precision, p.tracks_reset))
         assert stream.switch.switches == 0
         return served
 
@@ -293,6 +279,10 @@ def test_motion_blur_in_one_frame_goes_to_the_textureless_path(shipped):
 
 def test_frame_kinds_keep_geometry_for_sequences():
     frame = make_sequence("coffee", 1, size=(160, 120)).frames[0]
+    assert [f is frame for f in degrade_frames([frame] * 3, [None, "fog", None])] == [
+        True, False, True]
+    with pytest.raises(ValueError, match="2 frames but 1 kinds"):
+        degrade_frames([frame] * 2, ["fog"])
     for kind in FRAME_KINDS:
         out = degrade_frame(frame, kind, seed=0)
         assert out.shape == frame.shape and out.dtype == np.uint8
@@ -397,8 +387,7 @@ def test_stream_uses_the_fallback_only_where_the_textureless_path_is_thin(shippe
     monkeypatch.setattr(shipped, "match_on", spy)
     sequence = make_sequence("coffee", num_frames=10, size=(640, 480), step=6)
     kinds = [None] * 3 + ["blur"] * 5 + [None] * 2
-    frames = [f if k is None else degrade_frame(f, k, t)
-              for t, (f, k) in enumerate(zip(sequence.frames, kinds))]
+    frames = degrade_frames(sequence.frames, kinds)
     stream = SequentialMatcher(shipped)
     served, resets, previous_path = [], [], None
     for t, frame in enumerate(frames):

@@ -248,6 +248,15 @@ def degrade_frame(frame: np.ndarray, kind: str, seed: int = 0,
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def degrade_frames(frames: list[np.ndarray], kinds: list[str | None]) -> list[np.ndarray]:
+    """Frame t degraded by kinds[t] (see degrade_frame, with seed t), or as it is where that
+    is None: a stream that goes into and out of fog, night or blur."""
+    if len(frames) != len(kinds):
+        raise ValueError(f"{len(frames)} frames but {len(kinds)} kinds")
+    return [frame if kind is None else degrade_frame(frame, kind, t)
+            for t, (frame, kind) in enumerate(zip(frames, kinds))]
+
+
 def _as_rgb(photo: np.ndarray) -> np.ndarray:
     if photo.ndim == 2:
         photo = np.repeat(photo[..., None], 3, axis=2)

@@ -7,9 +7,12 @@ H_b @ inv(H_a) (the HPatches protocol). Every frame stays inside the photo: no b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Iterable, Protocol
 
 import cv2
 import numpy as np
+
+CORRECT_PX = 3.0  # a match is correct within this reprojection error (the HPatches threshold)
 
 
 def load_photo(name: str = "coffee") -> np.ndarray:
@@ -101,6 +104,52 @@ def reprojection_errors(homography: np.ndarray, keypoints0: np.ndarray,
     points = np.concatenate([keypoints0, np.ones((len(keypoints0), 1))], 1) @ homography.T
     projected = points[:, :2] / points[:, 2:3]
     return np.linalg.norm(projected - keypoints1, axis=1)
+
+
+class Stream(Protocol):
+    """What `replay` drives: the engine's SequentialMatcher (push returns an event with the
+    frame's `result`, None for the first frame, and `tracks_reset`)."""
+
+    def push(self, image: np.ndarray, stamp: Any) -> Any: ...
+
+
+@dataclass
+class Published:
+    """One message of a replayed stream, scored against the sequence's homographies."""
+    frame: int              # index of the current frame (the reference is frame - 1)
+    result: Any             # the engine's MatchResult
+    tracks_reset: bool
+    errors: np.ndarray      # per match: reprojection error (px) under the true homography
+
+    @property
+    def path(self) -> str:
+        """The extractor and matcher that produced it, as `extractor+matcher`."""
+        return f"{self.result.extractor}+{self.result.matcher}"
+
+    @property
+    def correct(self) -> int:
+        return int(np.count_nonzero(self.errors < CORRECT_PX))
+
+    @property
+    def precision(self) -> float:
+        """Share of correct matches (0 for an empty message)."""
+        return self.correct / len(self.errors) if len(self.errors) else 0.0
+
+
+def replay(stream: Stream, frames: Iterable[np.ndarray], sequence: Sequence) -> list[Published]:
+    """Push `frames` (the sequence's frames, possibly degraded) into `stream` with stamps
+    0, 1, ... and score every published result against `sequence`'s true homographies."""
+    published = []
+    for t, frame in enumerate(frames):
+        event = stream.push(frame, t)
+        if event.result is None:
+            continue
+        result = event.result
+        errors = reprojection_errors(sequence.relative(t - 1, t),
+                                     np.asarray(result.keypoints0, np.float64),
+                                     np.asarray(result.keypoints1, np.float64))
+        published.append(Published(t, result, bool(event.tracks_reset), errors))
+    return published
 
 
 LOW_TEXTURE_KINDS = ("blur", "low_contrast", "fog", "uniform")
