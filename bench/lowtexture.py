@@ -84,6 +84,7 @@ KEEP_OFF = "match_node.yaml, refine_outliers keep (ours)"
 VERIFY_OFF = "match_node.yaml, textureless_verify off (ours)"
 BLUR_OFF = "match_node.yaml, texture_blur_mismatch 0 (ours)"
 COARSE_OFF = "match_node.yaml, refine_coarse_levels 0 (ours)"
+DENOISE_OFF = "match_node.yaml, texture_denoise off (ours)"
 
 
 def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
@@ -109,6 +110,8 @@ def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
                                       served.setdefault(BLUR_OFF, Counter()))),
         (COARSE_OFF, lambda: configured({**base, **loftr_file, "refine_coarse_levels": 0},
                                         served.setdefault(COARSE_OFF, Counter()))),
+        (DENOISE_OFF, lambda: configured({**base, **loftr_file, "texture_denoise": False},
+                                         served.setdefault(DENOISE_OFF, Counter()))),
         ("ALIKED+LightGlue, previous default (ours)", lambda: ours(shipped_before)),
         ("ALIKED+LightGlue (official)", lambda: official_matcher("aliked", args.device)),
         ("ALIKED top-k+LightGlue (ours)", lambda: ours(shipped_before, detection_threshold=0.0)),
@@ -166,7 +169,7 @@ def score(data: list[dict], matches: list[tuple[np.ndarray, np.ndarray]], times:
 
 def kind_lines(per_pair: list[dict], methods: tuple[str, ...] = (
         "ALIKED+LightGlue, previous default (ours)", NO_FALLBACK, KEEP_OFF, VERIFY_OFF, BLUR_OFF,
-        COARSE_OFF, SHIPPED)
+        COARSE_OFF, DENOISE_OFF, SHIPPED)
                ) -> list[str]:
     """Per low-texture kind: pairs without match, failures, precision and AUC@3px of
     `methods`, and the pairs the shipped configuration fails on, with how many methods of the

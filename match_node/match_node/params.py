@@ -291,6 +291,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "centred on the streaks, when it finds at least texture_min_matches matches; 0 "
               "turns the check off.",
               min=0.0, max=100.0, read_only=False),
+    ParamSpec("texture_denoise", True,
+              "auto: frames whose sensor noise would rival their content once their contrast "
+              "is stretched (night, high gain) are smoothed with a Gaussian (sigma up to 4 "
+              "px) before the textureless paths' extractors (SIFT, XFeat), so that their "
+              "keypoints land on the scene and not on the noise; refinement still aligns the "
+              "original frames.",
+              read_only=False),
     ParamSpec("allow_download", True,
               "Download missing official weights from their official URL into the torch hub "
               "cache."),

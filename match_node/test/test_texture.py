@@ -6,8 +6,9 @@ import pytest
 from match_node.groundtruth.planar import (LOW_TEXTURE_KINDS, load_photo, low_texture,
                                           make_sequence)
 from match_node.engine.refine import to_gray
-from match_node.engine.texture import (MatcherSwitch, Texture, blur_change, gradient_tensor,
-                                       measure_texture, pair_linear_map)
+from match_node.engine.texture import (DENOISE_MAX_SIGMA, MatcherSwitch, Texture, blur_change,
+                                       denoise, denoise_sigma, gradient_tensor, measure_texture,
+                                       noise_sigma, pair_linear_map)
 from match_node.groundtruth.lowtexture import degrade_frame, motion_kernel
 
 SWITCH = MatcherSwitch()
@@ -113,3 +114,38 @@ def test_pair_linear_map_fits_through_outliers():
     k1[:30] = rng.uniform(0, [640, 480], (30, 2))  # 30% wrong
     assert np.abs(pair_linear_map(k0, k1) - linear).max() < 0.01
     assert pair_linear_map(k0[:7], k1[:7]) is None
+
+
+@pytest.mark.parametrize("photo", ["moon", "chelsea"])
+def test_noise_sigma_measures_the_noise_not_the_scene(photo):
+    """Immerkaer's estimate on a real photograph (smoothed first, so that its own grain is
+    well under the noise added) with white noise of known sigma: within 10%; the smooth
+    photograph alone reads under 0.3 grey levels, a planar ramp 0."""
+    rng = np.random.default_rng(0)
+    scene = cv2.GaussianBlur(to_gray(cv2.resize(load_photo(photo), (320, 240))) * 255, (0, 0), 2.0)
+    assert noise_sigma(scene) < 0.3
+    for sigma in (1.0, 4.0):
+        noisy = scene + rng.normal(0, sigma, scene.shape).astype(np.float32)
+        assert noise_sigma(noisy) == pytest.approx(sigma, rel=0.1)
+    ramp = np.add.outer(np.arange(60.0), 2 * np.arange(80.0)).astype(np.float32)
+    assert noise_sigma(ramp) == pytest.approx(0.0, abs=1e-4)
+    assert noise_sigma(np.zeros((2, 50), np.float32)) == 0.0
+
+
+def test_denoise_smooths_dark_frames_only():
+    """A well-lit frame (sensor noise 0.7 grey levels) and a blurred one are left as they
+    are; the same frame at night (5-8% of the light, shot and read noise) is smoothed, more
+    with a lower noise limit, never beyond DENOISE_MAX_SIGMA; a limit of 0 turns it off."""
+    frame = make_sequence("chelsea", 1, size=(320, 240)).frames[0]
+    lit = to_gray(degrade_frame(frame, "blur", seed=0)), to_gray(frame)
+    dark = to_gray(degrade_frame(frame, "dark", seed=0))
+    for gray in lit:
+        assert denoise_sigma(gray, 4.0) == 0.0
+        assert denoise(gray, 4.0) is gray
+    sigmas = [denoise_sigma(dark, limit) for limit in (8.0, 4.0, 1.0)]
+    assert 0.5 < sigmas[0] < sigmas[1] < sigmas[2] == DENOISE_MAX_SIGMA
+    smoothed = denoise(dark, 4.0)
+    assert smoothed.shape == dark.shape and smoothed.dtype == np.float32
+    assert noise_sigma(smoothed) < 0.5 * noise_sigma(dark)
+    assert abs(float(smoothed.mean()) - float(dark.mean())) < 1e-3  # a blur moves no light
+    assert denoise_sigma(dark, 0.0) == 0.0

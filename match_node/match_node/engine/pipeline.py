@@ -32,7 +32,7 @@ from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
 from ..models.lightglue import LayerHook, MatchOutput
 from .refine import MULTISCALE_OFF_STDERR_PX, refine_matches, refine_multiscale, to_gray
 from .texture import (AMBIGUOUS_SURVIVAL, FALLBACK_AGREEMENT, TEXTURELESS_LOFTR,
-                      MatcherSwitch, Texture, blur_change, contrast_normalise,
+                      MatcherSwitch, Texture, blur_change, contrast_normalise, denoise,
                       epipolar_agreement, epipolar_inliers, geometric_agreement,
                       gradient_tensor, measure_texture, pair_linear_map)
 from .results import Features, LoftrFeatures, MatchResult, filter_result
@@ -384,8 +384,9 @@ class Pipeline:
     @torch.no_grad()
     def extract_on(self, path: str, image: np.ndarray) -> Features:
         """Keypoints of textureless path `path` (a key of keypoint_paths: its extractor, after
-        contrast normalisation (CLAHE, see texture.py) where the path asks for it, at most
-        `max_keypoints`, at up to `max_image_side`)."""
+        smoothing a noisy frame (`texture_denoise`, texture.denoise, down to the path's
+        max_noise) and contrast normalisation (CLAHE, see texture.py) where the path asks for
+        them, at most `max_keypoints`, at up to `max_image_side`)."""
         if path not in self.keypoint_paths:
             raise RuntimeError(f"textureless path '{path}' is not loaded (loaded: "
                                f"{', '.join(self.keypoint_paths) or 'none'})")
@@ -393,6 +394,8 @@ class Pipeline:
         cap = self.params["max_keypoints"]
         start = self._clock()
         gray = to_gray(image)
+        if self.params["texture_denoise"]:
+            gray = denoise(gray, loaded.spec.max_noise)
         if loaded.spec.contrast_normalised:
             gray = contrast_normalise(gray)
         prepared = prepare(gray, self.device, self.params["max_image_side"])

@@ -15,6 +15,9 @@ chosen by measurement with the files this project can load offline (bench/lowtex
 SIFT (LightGlue's SIFT settings) on a contrast-normalised image (`contrast_normalise`,
 CLAHE), mutual nearest neighbours with the ratio test, an epipolar consistency check
 (`epipolar_inliers`) and the pipeline's sub-pixel refinement on the original images.
+At night the few grey levels of a frame's content sit under sensor noise of the same size,
+and contrast normalisation stretches both: such frames are smoothed first (`denoise`: a
+Gaussian as wide as brings the noise, measured by `noise_sigma`, under the path's limit).
 
 Nearest neighbours cannot tell the periods of a repetitive surface (tiles, façades) apart, so
 a textureless path's result on such a frame can be mostly wrong while LightGlue, whose context
@@ -23,9 +26,10 @@ many of the path's matches the keypoint matcher's own geometry supports; the pip
 publishes the keypoint matcher's result when that is under half (`textureless_verify`).
 The nearest neighbours' own epipolar check says it first: on a repetitive surface it removes
 a third to three quarters of them (the wrong periods of different tiles do not share one
-geometry), on every other low-texture pair of bench/lowtexture.py at most a quarter. Such an
-ambiguous result (under AMBIGUOUS_SURVIVAL kept) is checked against the fallback's (XFeat +
-LighterGlue, whose context tells the periods apart), and gives way to it when fewer than
+geometry), on all other low-texture pairs of bench/lowtexture.py but one (a dark brick
+wall, 37%) at most a quarter. Such an ambiguous result (under AMBIGUOUS_SURVIVAL kept) is
+checked against the fallback's (XFeat + LighterGlue, whose context tells the periods
+apart), and gives way to it when fewer than
 FALLBACK_AGREEMENT of its matches agree with the fallback's geometry (`geometric_agreement`:
 its homography where one explains it, since a period shift along the rows of tiles stays on
 its epipolar line when the camera moves along them).
@@ -153,6 +157,51 @@ class MatcherSwitch:
             self._streak = 0
             self.switches += 1
         return self.current
+
+
+# Laplacian-of-differences mask of Immerkaer's noise estimate: it cancels any locally planar
+# image (ramps, smooth shading), so what it responds to is mostly the sensor's noise.
+_NOISE_MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+DENOISE_MAX_SIGMA = 4.0  # px: the most a textureless path's pre-smoothing blurs a frame
+
+
+def noise_sigma(gray: np.ndarray) -> float:
+    """Standard deviation of a gray image's white noise, in its own units (J. Immerkaer, Fast
+    noise variance estimation, CVIU 1996). On white noise the response to _NOISE_MASK has a
+    standard deviation of 6 sigma (the mask's squares sum to 36), so a mean absolute value of
+    6 sigma sqrt(2 / pi); on planar content it is zero."""
+    gray = np.asarray(gray, np.float32)
+    if min(gray.shape[:2]) < 3:
+        return 0.0
+    response = cv2.filter2D(gray, -1, _NOISE_MASK)[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2) * np.abs(response).mean() / 6.0)
+
+
+def denoise_sigma(gray: np.ndarray, max_noise: float) -> float:
+    """The Gaussian blur (sigma, px) that brings the noise of a gray image (float, [0, 1]) down
+    to `max_noise` grey levels once its contrast (0.5th to 99.5th percentile) is stretched to
+    the full 0-255 range (0: it is below already, or `max_noise` is 0).
+    At night or under heavy gain a frame holds a few grey levels of content under a noise of
+    the same size; contrast normalisation (or XFeat's instance normalisation) stretches both,
+    and the detector's keypoints land on noise. A Gaussian of sigma s divides white noise by
+    2 s sqrt(pi) and keeps structure coarser than s; it is symmetric, so it moves no point.
+    At most DENOISE_MAX_SIGMA."""
+    if max_noise <= 0 or gray.size == 0:
+        return 0.0
+    dn = np.asarray(gray, np.float32) * 255.0
+    low, high = np.percentile(dn[::2, ::2], (0.5, 99.5))
+    stretched = noise_sigma(dn) * 255.0 / max(float(high - low), 1.0)
+    if stretched <= max_noise:
+        return 0.0
+    return float(min(stretched / (2.0 * np.sqrt(np.pi) * max_noise), DENOISE_MAX_SIGMA))
+
+
+def denoise(gray: np.ndarray, max_noise: float) -> np.ndarray:
+    """`gray` (float, [0, 1]) blurred by `denoise_sigma`, or as it is when that is under half a pixel."""
+    sigma = denoise_sigma(gray, max_noise)
+    if sigma < 0.5:
+        return gray
+    return cv2.GaussianBlur(np.asarray(gray, np.float32), (0, 0), sigma)
 
 
 def contrast_normalise(gray: np.ndarray, clip_limit: float = 2.0,
