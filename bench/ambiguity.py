@@ -69,7 +69,7 @@ def precision(pair, result) -> float:
 def measure(pipeline: Pipeline, pair) -> dict:
     """Both textureless paths on one pair, and what the chain publishes from them."""
     start = time.perf_counter()
-    sift = pipeline._match_pair_on(TEXTURELESS_SIFT, pair.image0, pair.image1)
+    sift = pipeline.match_pair_on(TEXTURELESS_SIFT, pair.image0, pair.image1)
     sift_ms = (time.perf_counter() - start) * 1e3
     row = {"pair": pair.id, "kind": pair.kind, "sift_ms": sift_ms, "sift_found": sift.found,
            "sift_proposed": sift.found + sift.epipolar_dropped,
@@ -77,7 +77,7 @@ def measure(pipeline: Pipeline, pair) -> dict:
     if sift.found < pipeline.params["texture_min_matches"]:
         return row  # thin: the fallback serves it by count, not by this test
     start = time.perf_counter()
-    xfeat = pipeline._match_pair_on(TEXTURELESS_XFEAT, pair.image0, pair.image1)
+    xfeat = pipeline.match_pair_on(TEXTURELESS_XFEAT, pair.image0, pair.image1)
     row["xfeat_ms"] = (time.perf_counter() - start) * 1e3
     agreement = geometric_agreement(xfeat.keypoints0, xfeat.keypoints1, sift.keypoints0,
                                     sift.keypoints1,

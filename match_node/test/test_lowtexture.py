@@ -462,14 +462,14 @@ def test_ambiguous_nearest_neighbours_give_way_to_the_fallback(shipped, monkeypa
     and is published: 320 matches, all but one correct."""
     pair = make_pair("clock", "repetitive", seed=0, size=(640, 480))
     tried = []
-    match_pair_on = shipped._match_pair_on
+    match_pair_on = shipped.match_pair_on
 
     def spy(path, image0, image1):
         result = match_pair_on(path, image0, image1)
         tried.append((path, result))
         return result
 
-    monkeypatch.setattr(shipped, "_match_pair_on", spy)
+    monkeypatch.setattr(shipped, "match_pair_on", spy)
     path, precision = served_precision(pair, shipped.match(pair.image0, pair.image1))
     assert path == ("xfeat", "lighterglue") and precision >= 0.95
     assert [p for p, _ in tried] == [TEXTURELESS_SIFT, TEXTURELESS_XFEAT]
@@ -496,8 +496,8 @@ def test_a_period_shift_along_the_epipolar_lines_is_caught_by_the_homography(shi
     SIFT's 45 matches 20% right, XFeat's 288 81%; a few of XFeat's are period shifts too)."""
     sequence = make_sequence(repetitive_scene("gravel"), 5, seed=1)
     image0, image1 = (degrade_frame(sequence.frames[t], "low_contrast", seed=t) for t in (2, 3))
-    sift = shipped._match_pair_on(TEXTURELESS_SIFT, image0, image1)
-    xfeat = shipped._match_pair_on(TEXTURELESS_XFEAT, image0, image1)
+    sift = shipped.match_pair_on(TEXTURELESS_SIFT, image0, image1)
+    xfeat = shipped.match_pair_on(TEXTURELESS_XFEAT, image0, image1)
     assert shipped.ambiguous(sift, TEXTURELESS_SIFT)
     reference = (xfeat.keypoints0, xfeat.keypoints1, sift.keypoints0, sift.keypoints1)
     assert epipolar_agreement(*reference) > 0.9 > 0.5 > geometric_agreement(*reference)

@@ -622,7 +622,7 @@ class Pipeline:
         blur in one image only goes to the textureless path too (`texture_blur_mismatch`).
         """
         if self.mode.detector_free:
-            return self._match_pair_on(TEXTURELESS_LOFTR, image0, image1)
+            return self.match_pair_on(TEXTURELESS_LOFTR, image0, image1)
         features0, features1 = self.extract(image0), self.extract(image1)
         low = self.matcher_switch().low
         result = None
@@ -640,11 +640,11 @@ class Pipeline:
                         result, gradient_tensor(gray0), gradient_tensor(gray1))):
                     return result
                 return self.textureless_unless_thin(
-                    result, lambda path: self._match_pair_on(path, image0, image1))[0]
+                    result, lambda path: self.match_pair_on(path, image0, image1))[0]
         else:
             verify = self.verifies(features0, features1)
         result, served = self.richest(result, self.textureless_chain,
-                                      lambda path: self._match_pair_on(path, image0, image1))
+                                      lambda path: self.match_pair_on(path, image0, image1))
         if not (verify and self.descriptor_only(served)):
             return result
         keypoint = _count_reference(self.match_features(features0, features1), features0)
@@ -678,8 +678,10 @@ class Pipeline:
                 break  # rich enough: the next path serves thin or ambiguous results only
         return best, served
 
-    def _match_pair_on(self, path: str, image0: np.ndarray, image1: np.ndarray) -> MatchResult:
-        """One pair matched from scratch on textureless path `path` (refined if on)."""
+    def match_pair_on(self, path: str, image0: np.ndarray, image1: np.ndarray) -> MatchResult:
+        """One pair matched from scratch on textureless path `path` (a key of
+        textureless_chain; refined if on), whatever the texture of the pair: what matcher
+        'auto' runs on each path of its chain, and what benchmarks compare the paths with."""
         if path == TEXTURELESS_LOFTR:
             loftr0, loftr1 = self.extract_loftr(image0), self.extract_loftr(image1)
             return _count_reference(self.match_loftr(loftr0, loftr1), loftr0)
