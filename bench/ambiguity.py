@@ -15,7 +15,8 @@ path found at least texture_min_matches:
   * agreement: the share of SIFT's matches within 4 px of the geometry of the XFeat
     fallback's matches (texture.geometric_agreement: its homography where one explains them,
     else its epipolar geometry; texture.FALLBACK_AGREEMENT);
-  * the precision (< 3 px) of both, and which one Pipeline.richest publishes;
+  * the precision (< 3 px) of both, and which one Pipeline.richest publishes (with
+    textureless_richer 0, so that this is the ambiguity check's doing alone);
   * the cost of the check where it runs: the fallback's extraction of both images, match and
     refinement, beside the SIFT path's (ms, one pair from scratch, `--threads`).
 
@@ -125,7 +126,11 @@ def main() -> None:
     cv2.setNumThreads(args.threads)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     photos = tuple(p for name in args.photos.split(",") for p in PHOTO_SETS[name])
-    pipeline = Pipeline.from_yaml(CONFIG, device="cpu", allow_download=False)
+    # textureless_richer 0: the sparse-result rule (bench/lowtexture.py measures it) would
+    # also publish XFeat on pairs SIFT matches right but sparsely; off, the published path
+    # shows the ambiguity check alone (streams never use it).
+    pipeline = Pipeline.from_yaml(CONFIG, device="cpu", allow_download=False,
+                                  textureless_richer=0.0)
     started = time.perf_counter()
     rows = []
     for pair in make_pairs(photos, KINDS, seeds):

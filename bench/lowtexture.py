@@ -85,6 +85,7 @@ VERIFY_OFF = "match_node.yaml, textureless_verify off (ours)"
 BLUR_OFF = "match_node.yaml, texture_blur_mismatch 0 (ours)"
 COARSE_OFF = "match_node.yaml, refine_coarse_levels 0 (ours)"
 DENOISE_OFF = "match_node.yaml, texture_denoise off (ours)"
+RICHER_OFF = "match_node.yaml, textureless_richer 0 (ours)"
 
 
 def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
@@ -112,6 +113,8 @@ def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
                                         served.setdefault(COARSE_OFF, Counter()))),
         (DENOISE_OFF, lambda: configured({**base, **loftr_file, "texture_denoise": False},
                                          served.setdefault(DENOISE_OFF, Counter()))),
+        (RICHER_OFF, lambda: configured({**base, **loftr_file, "textureless_richer": 0.0},
+                                        served.setdefault(RICHER_OFF, Counter()))),
         ("ALIKED+LightGlue, previous default (ours)", lambda: ours(shipped_before)),
         ("ALIKED+LightGlue (official)", lambda: official_matcher("aliked", args.device)),
         ("ALIKED top-k+LightGlue (ours)", lambda: ours(shipped_before, detection_threshold=0.0)),
@@ -169,7 +172,7 @@ def score(data: list[dict], matches: list[tuple[np.ndarray, np.ndarray]], times:
 
 def kind_lines(per_pair: list[dict], methods: tuple[str, ...] = (
         "ALIKED+LightGlue, previous default (ours)", NO_FALLBACK, KEEP_OFF, VERIFY_OFF, BLUR_OFF,
-        COARSE_OFF, DENOISE_OFF, SHIPPED)
+        COARSE_OFF, DENOISE_OFF, RICHER_OFF, SHIPPED)
                ) -> list[str]:
     """Per low-texture kind: pairs without match, failures, precision and AUC@3px of
     `methods`, and the pairs the shipped configuration fails on, with how many methods of the

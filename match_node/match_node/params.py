@@ -291,6 +291,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "centred on the streaks, when it finds at least texture_min_matches matches; 0 "
               "turns the check off.",
               min=0.0, max=100.0, read_only=False),
+    ParamSpec("textureless_richer", 3.0,
+              "auto: a frame the SIFT path matches sparsely (not thin, but fewer than 4 x "
+              "texture_min_matches matches) is matched on the fallback (XFeat) too, whose "
+              "result is published when it has at least this many times as many matches and "
+              "75% of SIFT's matches agree with its geometry: on blurred surfaces a few dozen "
+              "SIFT matches give a poorly conditioned geometry. Single pairs only: a stream "
+              "keeps the SIFT result, as a change of path restarts its tracks. 0 turns it "
+              "off.",
+              min=0.0, max=1000.0, read_only=False),
     ParamSpec("texture_denoise", True,
               "auto: frames whose sensor noise would rival their content once their contrast "
               "is stretched (night, high gain) are smoothed with a Gaussian (sigma up to 4 "

@@ -1,6 +1,7 @@
 """The low-texture pair generator (exact homographies, deterministic) and matcher 'auto''s
 textureless path without a LoFTR file: SIFT on contrast-normalised images, nearest
 neighbours, the epipolar check and refinement, and its fallback (XFeat + LighterGlue)."""
+import contextlib
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,17 @@ from match_node.engine.texture import (TEXTURELESS_SIFT, TEXTURELESS_XFEAT, cont
                                        geometric_agreement, measure_texture)
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "match_node.yaml"
+
+
+@contextlib.contextmanager
+def overridden(pipeline: Pipeline, **changes):
+    """`pipeline` with the run-time parameters `changes`, restored afterwards."""
+    before = {name: pipeline.params[name] for name in changes}
+    pipeline.update(**changes)
+    try:
+        yield pipeline
+    finally:
+        pipeline.update(**before)
 
 
 def blob_photo(spacing: int = 72, sigma: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
@@ -231,12 +243,9 @@ def test_textureless_paths_detect_the_scene_not_the_noise_at_night(shipped, phot
     pair = make_pair(photo, "dark", seed=0, size=(640, 480))
     shares, counts = {}, {}
     for smoothed in (False, True):
-        shipped.update(texture_denoise=smoothed)
-        try:
+        with overridden(shipped, texture_denoise=smoothed):
             f0, f1 = (shipped.extract_on(TEXTURELESS_SIFT, image)
                       for image in (pair.image0, pair.image1))
-        finally:
-            shipped.update(texture_denoise=True)
         counts[smoothed] = len(f0)
         shares[smoothed] = repeatability(f0.keypoints.numpy(), f1.keypoints.numpy(),
                                          pair.homography)
@@ -349,11 +358,8 @@ def test_fallback_serves_a_pair_the_textureless_path_leaves_thin(shipped):
                                  result.keypoints1.astype(float))
     assert len(result) >= 100 and np.median(errors) < 3 and np.mean(errors < 3) >= 0.6
     assert corner_error(pair.homography, result, (640, 480)) < 10
-    try:
-        shipped.update(texture_min_matches=0)
+    with overridden(shipped, texture_min_matches=0):
         alone = shipped.match(pair.image0, pair.image1)
-    finally:
-        shipped.update(texture_min_matches=20)
     assert (alone.extractor, alone.matcher) == ("sift-clahe", "nn")
     assert len(alone) < 20 and corner_error(pair.homography, alone, (640, 480)) > 10
 
@@ -560,14 +566,14 @@ def test_chain_checks_an_ambiguous_result_with_the_next_path(shipped):
     mostly_wrong = view_result(k0[:60], np.r_[k1[:20], shifted[20:60]], dropped=40)
     chain = (TEXTURELESS_SIFT, TEXTURELESS_XFEAT)
 
-    def run(first, fallback, chain=chain):
+    def run(first, fallback, chain=chain, richer=True):
         calls = []
         results = {chain[0]: first, TEXTURELESS_XFEAT: fallback}
 
         def match(path):
             calls.append(path)
             return results[path]
-        best, served = shipped.richest(None, chain, match)
+        best, served = shipped.richest(None, chain, match, richer)
         return best, served, calls
 
     assert shipped.ambiguous(mostly_wrong, TEXTURELESS_SIFT)
@@ -579,9 +585,13 @@ def test_chain_checks_an_ambiguous_result_with_the_next_path(shipped):
     # A thin fallback cannot overrule it, however it disagrees.
     thin = view_result(k0[:10], shifted[:10])
     assert run(mostly_wrong, thin) == (mostly_wrong, TEXTURELESS_SIFT, list(chain))
-    # Unambiguous (a fifth removed): the fallback is not tried.
+    # Unambiguous (a fifth removed): the fallback is not tried for that (a stream, which
+    # does not look for richer results); as a single pair its 60 matches are sparse, so the
+    # fallback is tried, but 150 matches are not 3x as many: it stays.
     kept_most = view_result(k0[:60], np.r_[k1[:20], shifted[20:60]], dropped=15)
-    assert run(kept_most, right) == (kept_most, TEXTURELESS_SIFT, [TEXTURELESS_SIFT])
+    assert run(kept_most, right, richer=False) == (kept_most, TEXTURELESS_SIFT,
+                                                   [TEXTURELESS_SIFT])
+    assert run(kept_most, right) == (kept_most, TEXTURELESS_SIFT, list(chain))
     # A thin preferred result still goes to the richer fallback, as before.
     assert run(thin, right)[:2] == (right, TEXTURELESS_XFEAT)
     # LightGlue's check only judges nearest neighbours' results.
@@ -589,6 +599,58 @@ def test_chain_checks_an_ambiguous_result_with_the_next_path(shipped):
     assert shipped.keypoint_result_wins(keypoint, mostly_wrong, TEXTURELESS_SIFT)
     assert not shipped.keypoint_result_wins(keypoint, mostly_wrong, TEXTURELESS_XFEAT)
     assert not shipped.keypoint_result_wins(keypoint, right, TEXTURELESS_SIFT)
+
+
+def test_a_sparse_result_gives_way_to_a_richer_one_that_agrees(shipped):
+    """Pipeline.richest, single pairs (textureless_richer 3): a nearest-neighbour result with
+    fewer than 4 x texture_min_matches matches is sparse; the fallback's replaces it when it
+    has 3x as many matches and 75% of the sparse result's agree with its geometry, not when
+    they disagree, nor when it is richer by less, nor with textureless_richer 0 or in a
+    stream (richer=False). A rich result (80 matches or more) ends the chain."""
+    k0, k1 = two_views(np.random.default_rng(5), 400)
+    angle = np.random.default_rng(6).uniform(0, 2 * np.pi, 400)
+    shifted = k1 + 80 * np.c_[np.cos(angle), np.sin(angle)]
+    sparse = view_result(k0[:30], k1[:30])
+    rich_fallback = view_result(k0[100:250], k1[100:250])
+    wrong_fallback = view_result(k0[100:250], shifted[100:250])
+    chain = (TEXTURELESS_SIFT, TEXTURELESS_XFEAT)
+
+    def run(first, fallback, richer=True):
+        calls = []
+
+        def match(path):
+            calls.append(path)
+            return {TEXTURELESS_SIFT: first, TEXTURELESS_XFEAT: fallback}[path]
+        best, served = shipped.richest(None, chain, match, richer)
+        return best, served, calls
+
+    assert shipped.sparse(sparse, TEXTURELESS_SIFT)
+    assert not shipped.sparse(sparse, TEXTURELESS_XFEAT)  # only nearest neighbours' results
+    assert run(sparse, rich_fallback) == (rich_fallback, TEXTURELESS_XFEAT, list(chain))
+    assert run(sparse, wrong_fallback)[:2] == (sparse, TEXTURELESS_SIFT)
+    assert run(sparse, view_result(k0[100:180], k1[100:180]))[:2] == (sparse, TEXTURELESS_SIFT)
+    assert run(sparse, rich_fallback, richer=False) == (sparse, TEXTURELESS_SIFT,
+                                                        [TEXTURELESS_SIFT])
+    rich = view_result(k0[:80], k1[:80])
+    assert run(rich, rich_fallback) == (rich, TEXTURELESS_SIFT, [TEXTURELESS_SIFT])
+    with overridden(shipped, textureless_richer=0.0):
+        assert run(sparse, rich_fallback) == (sparse, TEXTURELESS_SIFT, [TEXTURELESS_SIFT])
+
+
+def test_richer_fallback_on_a_blurred_pair(shipped):
+    """A blurred low-contrast retina (a smooth-set pair): SIFT keeps 24 matches, right but
+    all on a few blobs, and its homography is 4.3 px off at the corners; XFeat's 177 agree
+    with them and give one within 1 px, so the single pair publishes XFeat's."""
+    pair = make_pair("retina", "blur_low_contrast", seed=0, size=(640, 480))
+    shipped_result = shipped.match(pair.image0, pair.image1)
+    with overridden(shipped, textureless_richer=0.0):
+        sift = shipped.match(pair.image0, pair.image1)
+    assert (sift.extractor, shipped_result.extractor) == ("sift-clahe", "xfeat")
+    assert len(shipped_result) >= 3 * len(sift)
+    size = (640, 480)
+    assert corner_error(pair.homography, shipped_result, size) < 1.0
+    assert corner_error(pair.homography, sift, size) > 2 * corner_error(
+        pair.homography, shipped_result, size)
 
 
 def test_textureless_verify_keeps_a_textureless_result_lightglue_supports(shipped, monkeypatch):

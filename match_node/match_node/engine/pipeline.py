@@ -31,7 +31,7 @@ from .image import Prepared, prepare
 from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
 from ..models.lightglue import LayerHook, MatchOutput
 from .refine import MULTISCALE_OFF_STDERR_PX, refine_matches, refine_multiscale, to_gray
-from .texture import (AMBIGUOUS_SURVIVAL, FALLBACK_AGREEMENT, TEXTURELESS_LOFTR,
+from .texture import (AMBIGUOUS_SURVIVAL, FALLBACK_AGREEMENT, SPARSE_FACTOR, TEXTURELESS_LOFTR,
                       MatcherSwitch, Texture, blur_change, contrast_normalise, denoise,
                       epipolar_agreement, epipolar_inliers, geometric_agreement,
                       gradient_tensor, measure_texture, pair_linear_map)
@@ -533,6 +533,27 @@ class Pipeline:
         return (self.descriptor_only(path) and not self.rescues(result)
                 and result.found < AMBIGUOUS_SURVIVAL * proposed)
 
+    def sparse(self, result: MatchResult, path: str | None) -> bool:
+        """matcher 'auto', `textureless_richer`: whether a descriptor-only textureless path's
+        `result` is not thin but sparse (fewer than SPARSE_FACTOR x `texture_min_matches`
+        matches), so the next path of the chain matches the pair too (`richest`): on
+        blurred surfaces SIFT keeps a few dozen matches, too few for a well-conditioned
+        geometry, where XFeat finds hundreds."""
+        return (self.params["textureless_richer"] > 0 and self.descriptor_only(path)
+                and not self.rescues(result)
+                and result.found < SPARSE_FACTOR * self._verify_min_matches)
+
+    def enriches(self, other: MatchResult, sparse: MatchResult) -> bool:
+        """Whether the next path's `other` result replaces a `sparse` one: it has at least
+        `textureless_richer` times as many matches, and at least FALLBACK_AGREEMENT of the
+        sparse result's matches agree with its geometry (the two see the same motion)."""
+        if self.rescues(other) or other.found < self.params["textureless_richer"] * sparse.found:
+            return False
+        agreement = geometric_agreement(
+            other.keypoints0, other.keypoints1, sparse.keypoints0, sparse.keypoints1,
+            min_reference=self._verify_min_matches)
+        return agreement is not None and agreement >= FALLBACK_AGREEMENT
+
     def contradicts(self, other: MatchResult, ambiguous: MatchResult) -> bool:
         """Whether the next path's `other` result replaces an `ambiguous` one: it is not
         thin itself, and fewer than FALLBACK_AGREEMENT of the ambiguous result's matches
@@ -597,13 +618,13 @@ class Pipeline:
                 .is_motion_blur(limit, BLUR_ENERGY_CHANGE))
 
     def textureless_unless_thin(self, keypoint: MatchResult,
-                                match: Callable[[str], MatchResult]
+                                match: Callable[[str], MatchResult], richer: bool = True
                                 ) -> tuple[MatchResult, str | None]:
         """A blur-mismatched pair (`blur_mismatched`): the textureless chain's result
         (`richest`, `match(path)`) unless it is too thin to publish (`rescues`), then the
         keypoint matcher's `keypoint` after all; returns the result and the path that served
         it (None: `keypoint`)."""
-        other, served = self.richest(None, self.textureless_chain, match)
+        other, served = self.richest(None, self.textureless_chain, match, richer)
         if self.rescues(other):
             return keypoint, None
         return other, served
@@ -617,7 +638,7 @@ class Pipeline:
         textureless path that leaves fewer goes on to the fallback (`textureless_fallback`),
         and so does one whose nearest neighbours are `ambiguous` (a repetitive surface). The
         result with the most matches is returned (an ambiguous one unless the fallback's
-        `contradicts` it), unless the keypoint matcher's own matches of a low-texture pair
+        `contradicts` it; a sparse one unless the fallback's `enriches` it), unless the keypoint matcher's own matches of a low-texture pair
         contradict a nearest-neighbour result (`textureless_verify`). A pair with motion
         blur in one image only goes to the textureless path too (`texture_blur_mismatch`).
         """
@@ -655,11 +676,15 @@ class Pipeline:
         return result
 
     def richest(self, best: MatchResult | None, paths: Iterable[str],
-                match: Callable[[str], MatchResult]) -> tuple[MatchResult, str | None]:
+                match: Callable[[str], MatchResult],
+                richer: bool = True) -> tuple[MatchResult, str | None]:
         """matcher 'auto''s textureless chain, for single pairs and streams alike: go down
         `paths` (preferred first), matching with `match(path)`, while the best result so far
         is missing or too thin (`rescues`), and keep the one with the most matches; or while
-        it is `ambiguous`, and keep the next path's result where that `contradicts` it. The
+        it is `ambiguous`, and keep the next path's result where that `contradicts` it; or,
+        with `richer` (single pairs; a stream passes False, since each change of path
+        restarts its tracks), while it is `sparse`, and keep the next path's result where
+        that `enriches` it. The
         preferred path is always tried first: the fallback localises less precisely (about
         2 px on blurred frames), so it serves only the frames the preferred path leaves thin
         or gets wrong.
@@ -674,8 +699,12 @@ class Pipeline:
                 other = match(path)
                 if self.contradicts(other, best):
                     best, served = other, path
+            elif richer and self.sparse(best, served):
+                other = match(path)
+                if self.enriches(other, best):
+                    best, served = other, path
             else:
-                break  # rich enough: the next path serves thin or ambiguous results only
+                break  # rich enough: the next path serves thin, ambiguous or sparse results
         return best, served
 
     def match_pair_on(self, path: str, image0: np.ndarray, image1: np.ndarray) -> MatchResult:

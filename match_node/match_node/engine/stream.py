@@ -182,7 +182,8 @@ class SequentialMatcher:
                 # sharp frame's, the textureless path's stay centred (texture.py).
                 match_start = budget.clock()
                 result, served = self.pipeline.textureless_unless_thin(
-                    result, lambda path: self._match_on(path, previous, frame, start))
+                    result, lambda path: self._match_on(path, previous, frame, start),
+                    richer=False)
                 if served is not None:
                     frame.matcher = served
                 if self._record is not None:
@@ -217,8 +218,11 @@ class SequentialMatcher:
         pipeline = self.pipeline
         # matcher 'loftr' does not switch: every frame is on LoFTR.
         chain = pipeline.textureless_chain if pipeline.mode.switches else (frame.matcher,)
+        # richer=False: a sparse but right SIFT result stays; a change of path for more
+        # matches would restart the tracks (pairs of a blurred stream alternated between SIFT
+        # and XFeat with it: 6 track resets instead of 2, XFeat's frames less precise).
         result, served = pipeline.richest(
-            thin, chain, lambda path: self._match_on(path, previous, frame, start))
+            thin, chain, lambda path: self._match_on(path, previous, frame, start), richer=False)
         if served is not None:
             frame.matcher = served
         return result
