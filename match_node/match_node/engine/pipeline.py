@@ -547,24 +547,26 @@ class Pipeline:
         """Whether the next path's `other` result replaces a `sparse` one: it has at least
         `textureless_richer` times as many matches, and at least FALLBACK_AGREEMENT of the
         sparse result's matches agree with its geometry (the two see the same motion)."""
-        if self.rescues(other) or other.found < self.params["textureless_richer"] * sparse.found:
+        if other.found < self.params["textureless_richer"] * sparse.found:
             return False
-        agreement = geometric_agreement(
-            other.keypoints0, other.keypoints1, sparse.keypoints0, sparse.keypoints1,
-            min_reference=self._verify_min_matches)
+        agreement = self._agreement(other, sparse)
         return agreement is not None and agreement >= FALLBACK_AGREEMENT
 
     def contradicts(self, other: MatchResult, ambiguous: MatchResult) -> bool:
         """Whether the next path's `other` result replaces an `ambiguous` one: it is not
         thin itself, and fewer than FALLBACK_AGREEMENT of the ambiguous result's matches
-        agree with its geometry (texture.geometric_agreement: its homography where one
-        explains it, else its epipolar geometry)."""
-        if self.rescues(other):
-            return False
-        agreement = geometric_agreement(
-            other.keypoints0, other.keypoints1, ambiguous.keypoints0, ambiguous.keypoints1,
-            min_reference=self._verify_min_matches)
+        agree with its geometry."""
+        agreement = self._agreement(other, ambiguous)
         return agreement is not None and agreement < FALLBACK_AGREEMENT
+
+    def _agreement(self, other: MatchResult, checked: MatchResult) -> float | None:
+        """Share of `checked`'s matches that agree with the geometry of the next path's
+        `other` result (texture.geometric_agreement: its homography where one explains it,
+        else its epipolar geometry); None where `other` is too thin to judge by."""
+        if self.rescues(other):
+            return None
+        return geometric_agreement(other.keypoints0, other.keypoints1, checked.keypoints0,
+                                   checked.keypoints1, min_reference=self._verify_min_matches)
 
     def verifies(self, features0: Features, features1: Features) -> bool:
         """matcher 'auto', `textureless_verify`: whether a low-texture pair's textureless
@@ -638,8 +640,9 @@ class Pipeline:
         textureless path that leaves fewer goes on to the fallback (`textureless_fallback`),
         and so does one whose nearest neighbours are `ambiguous` (a repetitive surface). The
         result with the most matches is returned (an ambiguous one unless the fallback's
-        `contradicts` it; a sparse one unless the fallback's `enriches` it), unless the keypoint matcher's own matches of a low-texture pair
-        contradict a nearest-neighbour result (`textureless_verify`). A pair with motion
+        `contradicts` it; a sparse one unless the fallback's `enriches` it), unless the
+        keypoint matcher's own matches of a low-texture pair contradict a nearest-neighbour
+        result (`textureless_verify`). A pair with motion
         blur in one image only goes to the textureless path too (`texture_blur_mismatch`).
         """
         if self.mode.detector_free:
@@ -695,16 +698,16 @@ class Pipeline:
                 other = match(path)
                 if best is None or other.found > best.found:
                     best, served = other, path
-            elif self.ambiguous(best, served):
-                other = match(path)
-                if self.contradicts(other, best):
-                    best, served = other, path
+                continue
+            if self.ambiguous(best, served):
+                replaces = self.contradicts
             elif richer and self.sparse(best, served):
-                other = match(path)
-                if self.enriches(other, best):
-                    best, served = other, path
+                replaces = self.enriches
             else:
                 break  # rich enough: the next path serves thin, ambiguous or sparse results
+            other = match(path)
+            if replaces(other, best):
+                best, served = other, path
         return best, served
 
     def match_pair_on(self, path: str, image0: np.ndarray, image1: np.ndarray) -> MatchResult:

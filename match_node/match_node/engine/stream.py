@@ -222,7 +222,8 @@ class SequentialMatcher:
         # matches would restart the tracks (pairs of a blurred stream alternated between SIFT
         # and XFeat with it: 6 track resets instead of 2, XFeat's frames less precise).
         result, served = pipeline.richest(
-            thin, chain, lambda path: self._match_on(path, previous, frame, start), richer=False)
+            thin, chain, lambda path: self._match_on(path, previous, frame, start),
+            richer=False)
         if served is not None:
             frame.matcher = served
         return result
