@@ -247,3 +247,27 @@ def test_a_reduced_frame_keeps_the_configured_threshold_while_none_is_known():
         settings = budget.settings((640, 480))
         assert settings.max_image_side == 400 and settings.detection_threshold == expected
         assert settings.max_keypoints == 300  # the full-resolution count
+
+
+def test_frames_a_textureless_path_served_leave_the_settings_alone():
+    """A textureless stretch (matcher 'auto': SIFT serves the frames, the extractor finds a
+    handful of keypoints) must not pass for headroom: unflagged, its frames lowered the
+    scene's keypoint count and the cap climbed back to 1024, so the textured frames after it
+    started far over the budget. Flagged, they teach the extraction model only."""
+    settled = {}
+    for flagged in (False, True):
+        budget, clock = trained_budget(150.0)
+        simulate(budget, clock, 60, ext_ms_per_mpix=20, density=0.005)  # cap lowered, full side
+        before = budget.settings()
+        count = budget._full_count
+        for _ in range(30):
+            settings = budget.settings()
+            extract = 5 + 20 * 640 * 480 / 1e6 + 0.01 * 5
+            # The textureless path's extraction, match and refinement: 80 ms.
+            budget.observe(FrameRecord(0.0, extract, 80.0, extract + 80.0, 640 * 480, 5,
+                                       settings.max_keypoints, 640, textureless=flagged),
+                           (640, 480))
+        settled[flagged] = budget.settings(), budget._full_count
+        assert before.max_keypoints < 1024 and before.max_image_side in (0, 640, 1024)
+    assert settled[True] == (before, count)
+    assert settled[False][0].max_keypoints > before.max_keypoints and settled[False][1] < 50

@@ -103,6 +103,9 @@ class FrameRecord:
     detected: int                # keypoints found (after the cap)
     keypoint_cap: int
     image_side: int              # long side of the working image
+    # Served by a textureless path of matcher 'auto' (its match is not the keypoint
+    # matcher's, its keypoints are not the scene's usual count): see LatencyBudget.observe.
+    textureless: bool = False
 
 
 class LatencyBudget:
@@ -234,12 +237,22 @@ class LatencyBudget:
 
     # --- control ----------------------------------------------------------------------------
     def observe(self, record: FrameRecord, native_size: tuple[int, int]) -> None:
-        """Learn from a finished frame and adapt the settings for the next one."""
+        """Learn from a finished frame and adapt the settings for the next one.
+
+        A frame a textureless path served teaches the extraction model only. Its few
+        keypoints would pass for the scene's full-resolution count and its cheap LightGlue
+        part for headroom: the settings would climb through a textureless stretch and the
+        textured frames after it would start far over the budget (measured on
+        bench/textureless_budget.py's streams: extraction at full resolution, frames ~1.5x the
+        budget, for the rest of the run). The settings stay those of the textured frames;
+        the textureless path takes what is left of each frame."""
         self._set_native(native_size)
         features = extraction_features(record.working_pixels, record.detected)
         if self.extraction.count >= 3:
             self.extraction_error.add(record.extract_ms, self.extraction.predict(features))
         self.extraction.update(features, record.extract_ms)
+        if record.textureless:
+            return
         overhead = max(record.total_ms - record.extract_ms - record.match_ms, 0.0)
         self._overhead_ms = overhead if self._overhead_ms == 0 else 0.8 * self._overhead_ms + 0.2 * overhead
         if record.image_side >= self._side_upper() and record.detected < record.keypoint_cap:

@@ -188,6 +188,8 @@ class SequentialMatcher:
                     frame.matcher = served
                 if self._record is not None:
                     self._record.match_ms += budget.clock() - match_start
+        if self._record is not None:
+            self._record.textureless = frame.matcher != self.pipeline.detector_matcher
         if self.tracker.space != frame.matcher:
             # Another matcher's keypoints are other points: their tracks start afresh.
             self.tracker.start(result.num_keypoints0, space=frame.matcher)
