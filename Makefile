@@ -22,12 +22,14 @@ test: setup
 
 # CPU per-frame cost of every pipeline beside the official code and OpenCV (bench/results/cpu.md),
 # the CPU preset in the running node at 10 Hz (bench/results/node_rate.md), then the
-# latency-budget benchmark (minutes on a CPU): results, plots and per-frame data to bench/results.
+# latency-budget benchmarks (minutes on a CPU; the second on streams that turn textureless):
+# results, plots and per-frame data to bench/results.
 bench: setup
 	$(ENV) && python -m bench.cpu
 	$(ENV) && python -m bench.node_rate
 	$(ENV) && python -m bench.budget --frames 40
 	$(ENV) && python -m bench.budget --frames 30 --set detection_threshold=0 --set max_keypoints=1024 --tag _top1024
+	$(ENV) && python -m bench.textureless_budget
 
 clean:
 	rm -rf build install log out .venv

@@ -215,7 +215,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Per-frame latency budget in ms (decode + preprocess + extract + match + "
               "publish); 0 disables it. LightGlue exits at the last layer that fits, and the "
               "keypoint cap and extraction resolution (backend torch) adapt within their "
-              "bounds.",
+              "bounds; matcher auto's textureless path (SIFT, XFeat) extracts at the "
+              "resolution that leaves its match and refinement room.",
               min=0.0, max=60000.0, read_only=False),
     ParamSpec("budget_percentile", 95.0,
               "Percentile of frame times the budget is planned for (prediction errors are "

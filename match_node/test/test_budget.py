@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from match_node import params as P
-from match_node.engine.budget import FrameRecord, LatencyBudget
+from match_node.engine.budget import FrameRecord, LatencyBudget, PathCost
 from match_node.engine.costmodel import CostModel, OnlineLeastSquares, layer_features
 
 
@@ -247,6 +247,49 @@ def test_a_reduced_frame_keeps_the_configured_threshold_while_none_is_known():
         settings = budget.settings((640, 480))
         assert settings.max_image_side == 400 and settings.detection_threshold == expected
         assert settings.max_keypoints == 300  # the full-resolution count
+
+
+def path_cost(ms_per_mpix: float = 500.0, fixed_ms: float = 10.0) -> PathCost:
+    """A textureless path's cost as calibration measures it: extraction at two sizes (exact
+    samples, so the error factor stays at its default), a 5 ms match, a 40 ms refinement."""
+    cost = PathCost()
+    for w, h in ((320, 240), (640, 480), (320, 240), (640, 480)):
+        cost.observe_extraction(w * h, 300, fixed_ms + ms_per_mpix * w * h / 1e6)
+    cost.observe_pair(5.0, 40.0)
+    return cost
+
+
+def test_path_side_leaves_the_textureless_pair_its_match_and_refinement():
+    budget = LatencyBudget(budget_ms=400.0, min_image_side=320, max_image_side=1024)
+    cost, size = path_cost(), (640, 480)
+    factor = cost.extraction_error.factor(budget.percentile)
+    # Time to spare: the configured side (images are extracted as without a budget).
+    assert budget.path_side(cost, size, 400.0, views=1, refining=True) == 1024
+    # 150 ms left: extraction may take 150 - 45 ms; the side whose prediction fits it.
+    side = budget.path_side(cost, size, 150.0, views=1, refining=True)
+    fits = 640 * np.sqrt(((150 - 45) / factor - 10) / (500 * 640 * 480 / 1e6))
+    assert fits - 2 <= side <= fits and side < 640
+    # Both frames to extract (a transition from LightGlue), or refinement to leave room for:
+    # smaller; refinement off: larger.
+    assert budget.path_side(cost, size, 150.0, views=2, refining=True) < side
+    assert budget.path_side(cost, size, 150.0, views=1, refining=False) > side
+    # No time left: the lower bound; never below it.
+    assert budget.path_side(cost, size, -50.0, views=2, refining=True) == 320
+    # A slower device (the model follows it): smaller.
+    assert budget.path_side(path_cost(ms_per_mpix=900.0), size, 150.0, 1, True) < side
+
+
+def test_path_side_without_a_budget_or_a_known_cost_is_the_configured_side():
+    budget = LatencyBudget(budget_ms=0.0, min_image_side=320, max_image_side=1024)
+    assert budget.path_side(path_cost(), (640, 480), -50.0, 1, True) == 1024
+    budget.configure(400.0, 95.0, 128, 1024, 320, 1024, 3)
+    assert budget.path_side(PathCost(), (640, 480), -50.0, 1, True) == 1024  # not calibrated
+    budget.size_textureless_paths = False
+    assert budget.path_side(path_cost(), (640, 480), -50.0, 1, True) == 1024
+    budget.size_textureless_paths = True
+    budget.configure(400.0, 95.0, 128, 1024, 320, 0, 3)  # max_image_side 0: never resized
+    assert budget.path_side(path_cost(), (640, 480), 400.0, 1, True) == 0
+    assert budget.path_side(path_cost(), (640, 480), -50.0, 1, True) == 320
 
 
 def test_frames_a_textureless_path_served_leave_the_settings_alone():

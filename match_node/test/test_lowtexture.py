@@ -277,6 +277,39 @@ def test_stream_switches_twice_without_empty_messages(shipped):
     assert tracks[3] & tracks[4]  # tracks continue on the textureless path
 
 
+def test_a_budgeted_stream_sizes_the_textureless_path_to_the_time_left(one_torch_thread):
+    """Under a latency budget the textureless path extracts at the resolution that leaves the
+    pair's match and refinement inside the frame's remaining time (LatencyBudget.path_side):
+    frames whose time is already spent extract at min_image_side (half of these 640x480
+    frames) and skip refinement, and their matches stay mostly right; without a budget, at
+    full size. (Which side fits a partly spent frame depends on the machine's speed: see
+    test_budget.)"""
+    pipeline = Pipeline.from_yaml(CONFIG, device="cpu", allow_download=False)
+    sequence = make_sequence("coffee", num_frames=7, size=(640, 480), step=6)
+    frames = degrade_frames(sequence.frames, [None] * 2 + ["blur_low_contrast"] * 5)
+    scales = {}
+    for budget_ms in (0.0, 500.0):
+        pipeline.update(latency_budget_ms=budget_ms)
+        stream = SequentialMatcher(pipeline)
+        served = []
+        for t, frame in enumerate(frames):
+            # Started long ago: no time is left for the textureless path.
+            event = stream.push(frame, t, started_ms=pipeline.budget.clock() - 1e5)
+            result = event.result
+            if result is None or result.extractor != "sift-clahe":
+                continue
+            errors = reprojection_errors(sequence.relative(t - 1, t), result.keypoints0,
+                                         result.keypoints1)
+            assert len(errors) >= 15, (budget_ms, t)
+            if t >= 3:  # both frames blurred (frame 2 is the transition)
+                assert np.mean(errors < 3) >= 0.9, (budget_ms, t)
+            assert (result.timings["refine_ms"] > 0) == (budget_ms == 0), (budget_ms, t)
+            served.append(result.extraction_scale)
+        assert len(served) >= 4, budget_ms
+        scales[budget_ms] = set(served)
+    assert scales == {0.0: {1.0}, 500.0: {0.5}}
+
+
 def test_motion_blur_in_one_frame_goes_to_the_textureless_path(shipped):
     """Sharp, sharp, two motion-blurred frames (12-20 px streaks), sharp, sharp: on the two
     pairs of a sharp and a blurred frame LightGlue's keypoints sit towards the streaks' ends

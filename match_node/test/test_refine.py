@@ -161,7 +161,7 @@ def test_stream_reports_one_position_per_keypoint():
 def test_budget_skips_refinement_when_time_is_short():
     from match_node import Pipeline
     pipeline = Pipeline(device="cpu", max_keypoints=128, allow_download=False)
-    pipeline._refine_ms_per_match = 1.0  # as if measured: 1 ms per match
+    pipeline._refine_ms_per_match[False] = 1.0  # as if measured: 1 ms per match
     assert pipeline.refine_fits(1000, pipeline.budget.clock())  # no budget: always
     pipeline.budget.configure(50.0, 95.0, 64, 128, 320, 1024, 3)
     now = pipeline.budget.clock()

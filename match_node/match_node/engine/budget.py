@@ -12,6 +12,10 @@ Two levels, both driven by cost models fitted online on the device at hand:
   prediction errors) still fits with one layer and a typical frame affords `target_layers`
   layers; it gives them back when there is headroom. Steps are damped and there is a dead
   band, so settings do not oscillate.
+* On matcher 'auto''s keypoint textureless paths (SIFT, the XFeat fallback), which have no
+  layers to cut, `LatencyBudget.path_side` sizes each extraction within the frame: the largest
+  resolution whose predicted cost (`PathCost`, learned per path like the extractor's) still
+  leaves the pair's match and refinement inside the remaining budget.
 
 Timing is true on the GPU: the clock synchronises the device at each decision point instead of
 reading host time over queued asynchronous work. No ROS, no networks: only counts and times.
@@ -108,6 +112,45 @@ class FrameRecord:
     textureless: bool = False
 
 
+class PathCost:
+    """What one keypoint textureless path of matcher 'auto' costs a frame: its extraction,
+    learned per pixel and keypoint like the extractor's, and the match and the refinement of
+    a pair that follow it (smoothed)."""
+
+    def __init__(self) -> None:
+        self.extraction = OnlineLeastSquares(3, forgetting=0.95)
+        self.extraction_error = ErrorQuantile(window=50)
+        self.keypoints = 0.0   # keypoints per frame, smoothed
+        self.match_ms = 0.0
+        self.refine_ms = 0.0   # of a refined pair (a skipped refinement says nothing of it)
+
+    def observe_extraction(self, pixels: int, keypoints: int, ms: float) -> None:
+        features = extraction_features(pixels, keypoints)
+        if self.extraction.count >= 2:
+            self.extraction_error.add(ms, self.extraction.predict(features))
+        self.extraction.update(features, ms)
+        self.keypoints = _smoothed(self.keypoints, keypoints)
+
+    def observe_pair(self, match_ms: float, refine_ms: float | None) -> None:
+        """A pair's match time, and its refinement time where it was refined."""
+        self.match_ms = _smoothed(self.match_ms, match_ms)
+        if refine_ms is not None:
+            self.refine_ms = _smoothed(self.refine_ms, refine_ms)
+
+    @property
+    def known(self) -> bool:
+        """Whether the extraction model has seen both a small and a large image (two)."""
+        return self.extraction.count >= 2
+
+    def predict_extraction(self, pixels: float) -> float:
+        return max(self.extraction.predict(extraction_features(pixels, int(self.keypoints))),
+                   0.0)
+
+
+def _smoothed(current: float, sample: float) -> float:
+    return float(sample) if current == 0 else 0.8 * current + 0.2 * float(sample)
+
+
 class LatencyBudget:
     """Per-frame latency budget: deadlines inside LightGlue, keypoint/resolution control across
     frames. `budget_ms` <= 0 disables the deadline and the control (timing still learns).
@@ -141,6 +184,8 @@ class LatencyBudget:
         self.image_side = float(max_image_side)
         self.adjustments = 0        # number of frames where a setting changed
         self.last_demand_ratio = float("nan")
+        # Whether path_side sizes the textureless paths' extractions (a benchmark compares).
+        self.size_textureless_paths = True
         self.configure(budget_ms, percentile, min_keypoints, max_keypoints, min_image_side,
                        max_image_side, target_layers)
 
@@ -236,6 +281,10 @@ class LatencyBudget:
                            self.target_layers)
 
     # --- control ----------------------------------------------------------------------------
+    def observe_extraction(self, pixels: int, keypoints: int, ms: float) -> None:
+        """Seed the extractor's model with one timed extraction (Pipeline.calibrate)."""
+        self.extraction.update(extraction_features(pixels, keypoints), ms)
+
     def observe(self, record: FrameRecord, native_size: tuple[int, int]) -> None:
         """Learn from a finished frame and adapt the settings for the next one.
 
@@ -245,7 +294,7 @@ class LatencyBudget:
         textured frames after it would start far over the budget (measured on
         bench/textureless_budget.py's streams: extraction at full resolution, frames ~1.5x the
         budget, for the rest of the run). The settings stay those of the textured frames;
-        the textureless path takes what is left of each frame."""
+        the textureless path takes what is left of each frame (path_side)."""
         self._set_native(native_size)
         features = extraction_features(record.working_pixels, record.detected)
         if self.extraction.count >= 3:
@@ -309,6 +358,31 @@ class LatencyBudget:
             self.adjustments += 1
         self.keypoint_cap, self.image_side = cap, side
 
+    def path_side(self, cost: PathCost, image_size: tuple[int, int], remaining_ms: float,
+                  views: int, refining: bool) -> int:
+        """Long side at which a keypoint textureless path extracts `views` (1 or 2) frames of
+        `image_size` (w, h) when `remaining_ms` of the frame's budget are left: the largest
+        one, down to `min_image_side`, whose predicted extraction (at the target percentile
+        of its errors) still leaves the pair's match, its refinement (`refining`) and what
+        follows the match inside the budget. A refined pair is worth a smaller image: on
+        blurred frames the coarse-to-fine alignment is what makes the matches precise, and
+        half resolution costs SIFT little there. Without a budget, or before the path's cost
+        is known (Pipeline.calibrate measures it), the configured `max_image_side`."""
+        if not (self.enabled and self.size_textureless_paths and cost.known):
+            return self.max_image_side
+        native_side, pixels = max(image_size), image_size[0] * image_size[1]
+        upper = min(self.max_image_side, native_side) if self.max_image_side else native_side
+        low = min(self.min_image_side, upper)
+        after = cost.match_ms + (cost.refine_ms if refining else 0.0) + self.reserve_ms()
+        per_view = (remaining_ms - after) / max(views, 1)
+        factor = cost.extraction_error.factor(self.percentile)
+
+        def extraction_ms(side: float) -> float:
+            return factor * cost.predict_extraction(pixels * min(1.0, side / native_side) ** 2)
+
+        side = self._largest_fitting(extraction_ms, low, upper, per_view)
+        return self.max_image_side if side >= upper else int(side)
+
     @staticmethod
     def _largest_fitting(cost: Callable[[float], float], low: float, high: float,
                          limit: float) -> float:
@@ -343,14 +417,15 @@ def calibrate_layers(cost: CostModel, run_layer: Callable[[int], float],
             cost.observe_layer(n, n, run_layer(n))
 
 
-def calibrate_extraction(budget: "LatencyBudget",
+def calibrate_extraction(observe: Callable[[int, int, float], None],
                          run_extraction: Callable[[int, int], tuple[float, int]],
                          sizes: tuple[tuple[int, int], ...] = ((320, 240), (640, 480)),
                          repeats: int = 2) -> None:
-    """Seed the extraction model: `run_extraction(w, h)` extracts an image of that size and
-    returns (ms, keypoints found). Two sizes separate the per-pixel cost from the fixed one."""
+    """Seed an extraction model: `run_extraction(w, h)` extracts an image of that size and
+    returns (ms, keypoints found), and `observe(pixels, keypoints, ms)` learns from it. Two
+    sizes separate the per-pixel cost from the fixed one."""
     for w, h in sizes:
         run_extraction(w, h)
         for _ in range(repeats):
             ms, keypoints = run_extraction(w, h)
-            budget.extraction.update(extraction_features(w * h, keypoints), ms)
+            observe(w * h, keypoints, ms)

@@ -26,7 +26,8 @@ import torch
 
 from . import backends, families
 from .. import params as P
-from .budget import FrameSettings, LatencyBudget, calibrate_extraction, calibrate_layers
+from .budget import (FrameSettings, LatencyBudget, PathCost, calibrate_extraction,
+                     calibrate_layers)
 from .image import Prepared, prepare
 from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
 from ..models.lightglue import LayerHook, MatchOutput
@@ -167,9 +168,10 @@ class Pipeline:
 
     def reset_running_estimates(self) -> None:
         """Forget what earlier pairs taught (the exit guard's expected matches per keypoint,
-        refinement's cost per match): a stream over another recording starts as a freshly
-        built pipeline would (bags/batch.py reuses one pipeline for many bags)."""
-        self._refine_ms_per_match = 0.0
+        refinement's cost per match, of a keypoint matcher's and of a textureless path's
+        result): a stream over another recording starts as a freshly built pipeline would
+        (bags/batch.py reuses one pipeline for many bags)."""
+        self._refine_ms_per_match = {False: 0.0, True: 0.0}
         # Prior of matches per keypoint before any pair was seen (easy pairs reach 0.5-0.9):
         # with exit_guard 0.5 a first exit is refused below 10% of the keypoints.
         self._match_ratio = 0.2
@@ -202,21 +204,30 @@ class Pipeline:
     def calibrate(self) -> None:
         """Seed the budget's cost models on this device: one LightGlue layer on random points
         of a few sizes, and the extractor on a synthetic image at two sizes (about three
-        seconds on a 2-core CPU, once). Frames refine the models online."""
+        seconds on a 2-core CPU, once), and likewise each keypoint textureless path's
+        extractor (SIFT, XFeat: about two more). Frames refine the models online."""
         generator = torch.Generator(device="cpu").manual_seed(0)
         if self.keypoint_matcher.budget_cuts:
             self._calibrate_layers(generator)
 
-        def extract(w: int, h: int) -> tuple[float, int]:
+        def synthetic(w: int, h: int) -> np.ndarray:
             # Random texture at several scales: about as many keypoints as a real scene.
             image = sum(torch.nn.functional.interpolate(
                 torch.rand(1, 1, h // f, w // f, generator=generator), size=(h, w),
                 mode="bilinear") for f in (4, 16, 64)) / 3
-            image = (image[0, 0].clamp(0, 1).numpy() * 255).astype(np.uint8)
-            features = self.extract(image, FrameSettings(self.params["max_keypoints"], 0))
+            return (image[0, 0].clamp(0, 1).numpy() * 255).astype(np.uint8)
+
+        def extract(w: int, h: int) -> tuple[float, int]:
+            features = self.extract(synthetic(w, h), FrameSettings(self.params["max_keypoints"], 0))
             return features.extract_ms, len(features)
 
-        calibrate_extraction(self.budget, extract)
+        calibrate_extraction(self.budget.observe_extraction, extract)
+        for name, path in self.keypoint_paths.items():
+            def extract_on(w: int, h: int, name: str = name) -> tuple[float, int]:
+                features = self.extract_on(name, synthetic(w, h), side=0)
+                return features.preprocess_ms + features.extract_ms, len(features)
+
+            calibrate_extraction(path.cost.observe_extraction, extract_on)
         self._calibrated = True
 
     def _calibrate_layers(self, generator: torch.Generator) -> None:
@@ -382,11 +393,13 @@ class Pipeline:
 
     # --- the keypoint textureless paths of matcher 'auto' ----------------------------------
     @torch.no_grad()
-    def extract_on(self, path: str, image: np.ndarray) -> Features:
+    def extract_on(self, path: str, image: np.ndarray, side: int | None = None) -> Features:
         """Keypoints of textureless path `path` (a key of keypoint_paths: its extractor, after
         smoothing a noisy frame (`texture_denoise`, texture.denoise, down to the path's
         max_noise) and contrast normalisation (CLAHE, see texture.py) where the path asks for
-        them, at most `max_keypoints`, at up to `max_image_side`)."""
+        them, at most `max_keypoints`, at up to `side` pixels on the long side (None:
+        `max_image_side`; 0: the image's own; a stream under a latency budget passes
+        `path_side`'s))."""
         if path not in self.keypoint_paths:
             raise RuntimeError(f"textureless path '{path}' is not loaded (loaded: "
                                f"{', '.join(self.keypoint_paths) or 'none'})")
@@ -398,7 +411,8 @@ class Pipeline:
             gray = denoise(gray, loaded.spec.max_noise)
         if loaded.spec.contrast_normalised:
             gray = contrast_normalise(gray)
-        prepared = prepare(gray, self.device, self.params["max_image_side"])
+        side = self.params["max_image_side"] if side is None else side
+        prepared = prepare(gray, self.device, side)
         after_preprocess = self._clock()
         families.update_known(loaded.extractor.conf, max_num_keypoints=cap)
         out = loaded.extractor(prepared.tensor)
@@ -481,18 +495,31 @@ class Pipeline:
         result.timings["refine_ms"] = elapsed
         result.timings["total_ms"] += elapsed
         if refined_count:
-            per_match = elapsed / refined_count
-            self._refine_ms_per_match = (per_match if self._refine_ms_per_match == 0
-                                         else 0.8 * self._refine_ms_per_match + 0.2 * per_match)
+            # Per kind of result: the textureless paths' coarse-to-fine alignment costs more
+            # per match than the keypoint matcher's single level.
+            per_match, known = elapsed / refined_count, self._refine_ms_per_match[textureless]
+            self._refine_ms_per_match[textureless] = (
+                per_match if known == 0 else 0.8 * known + 0.2 * per_match)
 
-    def refine_fits(self, matches: int, started_ms: float) -> bool:
-        """Whether refining `matches` matches fits the latency budget of a frame started at
-        `started_ms` (always true without a budget)."""
+    def refine_fits(self, matches: int, started_ms: float, textureless: bool = False) -> bool:
+        """Whether refining `matches` matches (of a textureless path's result: `textureless`)
+        fits the latency budget of a frame started at `started_ms` (always true without a
+        budget)."""
         budget = self.budget
         if not budget.enabled:
             return True
-        predicted = self._refine_ms_per_match * matches
+        predicted = self._refine_ms_per_match[textureless] * matches
         return budget.clock() - started_ms + predicted + budget.reserve_ms() <= budget.budget_ms
+
+    def path_side(self, path: str, image_size: tuple[int, int], started_ms: float,
+                  views: int) -> int:
+        """Long side at which keypoint textureless path `path` extracts `views` frames of
+        `image_size` for a frame started at `started_ms` under the latency budget
+        (LatencyBudget.path_side; `max_image_side` without a budget)."""
+        budget = self.budget
+        remaining = budget.budget_ms - (budget.clock() - started_ms)
+        return budget.path_side(self.keypoint_paths[path].cost, image_size, remaining, views,
+                                self.refining)
 
     def texture(self, features: Features) -> Texture:
         """How much texture the extractor found in a frame (see texture.py)."""
@@ -731,6 +758,7 @@ class KeypointPath:
     def __init__(self, spec: families.TexturelessPath, params: Mapping[str, Any],
                  device: torch.device) -> None:
         self.spec = spec
+        self.cost = PathCost()  # what it costs a frame, for the latency budget
         self.family = spec.extractor_family()
         self.matcher_entry = spec.keypoint_matcher()
         model_params = spec.model_params(params)

@@ -259,25 +259,36 @@ class SequentialMatcher:
             if frame.loftr is None:
                 frame.loftr = pipeline.extract_loftr(frame.image)
             return pipeline.match_loftr(previous.loftr, frame.loftr)
-        for view in (previous, frame):
-            if path not in view.path_features:
-                view.path_features[path] = pipeline.extract_on(path, view.image)
+        cost = pipeline.keypoint_paths[path].cost
+        missing = [view for view in (previous, frame) if path not in view.path_features]
+        if missing:
+            # Under a latency budget, at the resolution that leaves the pair's match and
+            # refinement room (both frames' extractions at a transition from LightGlue).
+            side = pipeline.path_side(path, frame.image_size, start, len(missing))
+            for view in missing:
+                features = pipeline.extract_on(path, view.image, side)
+                w, h = features.working_size
+                cost.observe_extraction(w * h, len(features),
+                                        features.preprocess_ms + features.extract_ms)
+                view.path_features[path] = features
         features0, features1 = previous.path_features[path], frame.path_features[path]
         result = pipeline.match_on(path, features0, features1)
-        if pipeline.refining:
-            self._refine(previous, frame, result, start, path)
+        refined = pipeline.refining and self._refine(previous, frame, result, start, path)
+        cost.observe_pair(result.timings["match_ms"],
+                          result.timings["refine_ms"] if refined else None)
         return result
 
     def _refine(self, previous: Frame, frame: Frame, result: MatchResult, start: float,
-                path: str | None = None) -> None:
+                path: str | None = None) -> bool:
         """Sub-pixel refinement of the pair's current keypoints, when it fits the budget
-        (`path`: of that textureless path's keypoints; None: the extractor's)."""
+        (`path`: of that textureless path's keypoints; None: the extractor's); True if they
+        were refined."""
         if frame.gray is None:  # refinement was switched on at run time
             frame.gray = to_gray(frame.image)
         reference = previous.positions if path is None else previous.path_positions.get(path)
         if not self._refine_pair(result, reference, previous.gray, frame.gray, start,
                                  textureless=path is not None):
-            return
+            return False
         features = frame.features if path is None else frame.path_features[path]
         positions = features.keypoints.cpu().numpy().astype(np.float32)
         refined = result.refined.astype(bool)
@@ -286,6 +297,7 @@ class SequentialMatcher:
             frame.positions = positions
         else:
             frame.path_positions[path] = positions
+        return True
 
     def _refine_pair(self, result: MatchResult, positions0: np.ndarray | None,
                      gray0: np.ndarray | None, gray1: np.ndarray, start: float,
@@ -298,7 +310,7 @@ class SequentialMatcher:
             result.keypoints0 = positions0[result.indices0].astype(np.float32)
         if not len(result) or gray0 is None:
             return False
-        if not self.pipeline.refine_fits(len(result), start):
+        if not self.pipeline.refine_fits(len(result), start, textureless):
             self.refine_skipped += 1
             return False
         self.pipeline.refine_result(result, gray0, gray1, textureless)
