@@ -250,7 +250,6 @@ FACTORIES = {"tensor", "zeros", "ones", "empty", "arange", "full", "rand", "rand
 # construction (buffers move with .to(device)).
 ALLOWED = {
     ("engine/pipeline.py", "calibrate"),        # random image, converted to numpy
-    ("engine/pipeline.py", "extract"),          # (nested in calibrate)
     ("engine/matchers.py", "layer_probe"),      # random inputs, then .to(device)
     ("engine/budget.py", "*"),                  # cost models: host numbers only
     ("engine/costmodel.py", "*"),

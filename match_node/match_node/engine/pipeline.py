@@ -211,10 +211,11 @@ class Pipeline:
             self._calibrate_layers(generator)
 
         def synthetic(w: int, h: int) -> np.ndarray:
-            # Random texture at several scales: about as many keypoints as a real scene.
+            # Random texture at several scales: about as many keypoints as a real scene (on
+            # the host: the extractors take numpy images).
             image = sum(torch.nn.functional.interpolate(
-                torch.rand(1, 1, h // f, w // f, generator=generator), size=(h, w),
-                mode="bilinear") for f in (4, 16, 64)) / 3
+                torch.rand(1, 1, h // f, w // f, generator=generator, device="cpu"),
+                size=(h, w), mode="bilinear") for f in (4, 16, 64)) / 3
             return (image[0, 0].clamp(0, 1).numpy() * 255).astype(np.uint8)
 
         def extract(w: int, h: int) -> tuple[float, int]:
