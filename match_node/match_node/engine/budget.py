@@ -29,7 +29,8 @@ from typing import Callable
 import numpy as np
 
 from .. import params as P
-from .costmodel import CostModel, ErrorQuantile, OnlineLeastSquares, extraction_features
+from .costmodel import (CostModel, ErrorQuantile, OnlineLeastSquares, extraction_features,
+                        smoothed)
 
 
 def host_clock() -> float:
@@ -129,13 +130,13 @@ class PathCost:
         if self.extraction.count >= 2:
             self.extraction_error.add(ms, self.extraction.predict(features))
         self.extraction.update(features, ms)
-        self.keypoints = _smoothed(self.keypoints, keypoints)
+        self.keypoints = smoothed(self.keypoints, keypoints)
 
     def observe_pair(self, match_ms: float, refine_ms: float | None) -> None:
         """A pair's match time, and its refinement time where it was refined."""
-        self.match_ms = _smoothed(self.match_ms, match_ms)
+        self.match_ms = smoothed(self.match_ms, match_ms)
         if refine_ms is not None:
-            self.refine_ms = _smoothed(self.refine_ms, refine_ms)
+            self.refine_ms = smoothed(self.refine_ms, refine_ms)
 
     @property
     def known(self) -> bool:
@@ -145,10 +146,6 @@ class PathCost:
     def predict_extraction(self, pixels: float) -> float:
         return max(self.extraction.predict(extraction_features(pixels, int(self.keypoints))),
                    0.0)
-
-
-def _smoothed(current: float, sample: float) -> float:
-    return float(sample) if current == 0 else 0.8 * current + 0.2 * float(sample)
 
 
 class LatencyBudget:
@@ -303,11 +300,10 @@ class LatencyBudget:
         if record.textureless:
             return
         overhead = max(record.total_ms - record.extract_ms - record.match_ms, 0.0)
-        self._overhead_ms = overhead if self._overhead_ms == 0 else 0.8 * self._overhead_ms + 0.2 * overhead
+        self._overhead_ms = smoothed(self._overhead_ms, overhead)
         if record.image_side >= self._side_upper() and record.detected < record.keypoint_cap:
             # A full-resolution frame that the cap did not limit: the scene's keypoint count.
-            self._full_count = (record.detected if not self._full_count
-                                else 0.8 * self._full_count + 0.2 * record.detected)
+            self._full_count = smoothed(self._full_count, record.detected)
         elif not self._full_count:
             self._full_count = float(record.detected)
         # A matcher without layers (nearest neighbours, SuperGlue) is timed as a whole, as

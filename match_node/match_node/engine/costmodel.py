@@ -44,6 +44,12 @@ class OnlineLeastSquares:
         self.count += 1
 
 
+def smoothed(current: float, sample: float) -> float:
+    """An exponential moving average's next value (weight 0.2 on the sample); the first
+    sample (`current` 0: nothing seen yet) is taken as it is."""
+    return float(sample) if current == 0 else 0.8 * current + 0.2 * float(sample)
+
+
 def layer_features(n0: int, n1: int) -> np.ndarray:
     """Cost terms of one LightGlue layer: linear layers ~ n, self-attention ~ n^2 per image,
     cross-attention ~ n0*n1 (in thousands of points)."""

@@ -28,6 +28,7 @@ from . import backends, families
 from .. import params as P
 from .budget import (FrameSettings, LatencyBudget, PathCost, calibrate_extraction,
                      calibrate_layers)
+from .costmodel import smoothed
 from .image import Prepared, prepare
 from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
 from ..models.lightglue import LayerHook, MatchOutput
@@ -498,9 +499,8 @@ class Pipeline:
         if refined_count:
             # Per kind of result: the textureless paths' coarse-to-fine alignment costs more
             # per match than the keypoint matcher's single level.
-            per_match, known = elapsed / refined_count, self._refine_ms_per_match[textureless]
-            self._refine_ms_per_match[textureless] = (
-                per_match if known == 0 else 0.8 * known + 0.2 * per_match)
+            self._refine_ms_per_match[textureless] = smoothed(
+                self._refine_ms_per_match[textureless], elapsed / refined_count)
 
     def refine_fits(self, matches: int, started_ms: float, textureless: bool = False) -> bool:
         """Whether refining `matches` matches (of a textureless path's result: `textureless`)
@@ -517,10 +517,9 @@ class Pipeline:
         """Long side at which keypoint textureless path `path` extracts `views` frames of
         `image_size` for a frame started at `started_ms` under the latency budget
         (LatencyBudget.path_side; `max_image_side` without a budget)."""
-        budget = self.budget
-        remaining = budget.budget_ms - (budget.clock() - started_ms)
-        return budget.path_side(self.keypoint_paths[path].cost, image_size, remaining, views,
-                                self.refining)
+        remaining = self.budget.deadline(started_ms).remaining_ms()
+        return self.budget.path_side(self.keypoint_paths[path].cost, image_size, remaining,
+                                     views, self.refining)
 
     def texture(self, features: Features) -> Texture:
         """How much texture the extractor found in a frame (see texture.py)."""
