@@ -113,6 +113,35 @@ def test_pairs_are_deterministic_and_low_texture_kinds_differ():
         make_pair("coffee", "snow")
 
 
+def test_severity_scales_each_degradation_on_the_same_views():
+    def gray(image: np.ndarray) -> np.ndarray:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
+
+    def detail(image: np.ndarray) -> float:  # gradient energy above the sensor noise
+        smooth = cv2.GaussianBlur(gray(image), (0, 0), 1.5)
+        return float(np.mean(cv2.Sobel(smooth, cv2.CV_64F, 1, 0) ** 2
+                             + cv2.Sobel(smooth, cv2.CV_64F, 0, 1) ** 2))
+
+    size = (320, 240)
+    for kind in ("blur", "low_contrast", "blur_low_contrast", "fog", "dark", "motion_blur"):
+        usual = make_pair("coffee", kind, seed=0, size=size)
+        worse = make_pair("coffee", kind, seed=0, size=size, severity=2.0)
+        assert np.array_equal(usual.homography, worse.homography), kind
+        assert worse.id == f"coffee/{kind}@2/0" and usual.id == f"coffee/{kind}/0"
+        if kind == "dark":  # half the light
+            assert 0.4 < gray(worse.image0).mean() / gray(usual.image0).mean() < 0.6
+        elif kind in ("low_contrast", "fog"):  # half the contrast left
+            assert 0.4 < gray(worse.image0).std() / gray(usual.image0).std() < 0.65, kind
+        else:  # twice the blur: less detail
+            assert detail(worse.image0) < 0.75 * detail(usual.image0), kind
+    for kind in ("wall_patch", "repetitive", "closeup"):  # scenes: nothing to scale
+        usual = make_pair("coffee", kind, seed=0, size=(160, 120))
+        assert np.array_equal(make_pair("coffee", kind, seed=0, size=(160, 120),
+                                        severity=2.0).image1, usual.image1)
+    with pytest.raises(ValueError, match="severity must be positive"):
+        make_pair("coffee", "blur", size=(160, 120), severity=0.0)
+
+
 def test_contrast_normalise_and_epipolar_inliers():
     rng = np.random.default_rng(0)
     photo = cv2.cvtColor(make_sequence("coffee", 1, size=(160, 120)).frames[0],

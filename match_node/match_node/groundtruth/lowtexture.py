@@ -17,7 +17,10 @@ ship with scikit-image, for evaluation (bench/lowtexture.py) and tests:
     pair = make_pair("coffee", "fog", seed=0, size=(640, 480))
     pair.image0, pair.image1, pair.homography   # image0 pixel -> image1 pixel
 
-Everything is a function of (photo, kind, seed, size): the same arguments give the same bytes.
+`severity` (default 1, the sets everything was measured on) scales a frame kind's degradation
+on the same views and draws, to find where a method breaks (bench/lowtexture.py --severity).
+Everything is a function of (photo, kind, seed, size, severity): the same arguments give the
+same bytes.
 """
 from __future__ import annotations
 
@@ -54,10 +57,12 @@ class Pair:
     photo: str
     kind: str
     seed: int
+    severity: float = 1.0     # see degrade
 
     @property
     def id(self) -> str:
-        return f"{self.photo}/{self.kind}/{self.seed}"
+        kind = self.kind if self.severity == 1.0 else f"{self.kind}@{self.severity:g}"
+        return f"{self.photo}/{kind}/{self.seed}"
 
 
 def _rng(*keys: object) -> np.random.Generator:
@@ -198,33 +203,44 @@ def motion_kernel(length: float, angle: float) -> np.ndarray:
 
 
 def degrade(frame: np.ndarray, kind: str, rng: np.random.Generator,
-            motion_angle: float = 0.0) -> np.ndarray:
+            motion_angle: float = 0.0, severity: float = 1.0) -> np.ndarray:
     """A frame-space degradation (float32 in, float32 out, 0-255 scale). `motion_angle`
-    (radians): direction of the image motion for motion blur."""
+    (radians): direction of the image motion for motion blur. `severity` scales how much of
+    the scene the degradation takes away (1: the sets the mechanism was measured on; the
+    random draws are the same at every severity): the blur's sigma and the motion's length
+    are multiplied by it; the contrast left (low contrast), the light (darkness) and the
+    scene's share of the light through fog are divided by it. The scene kinds ignore it."""
+    if not severity > 0:
+        raise ValueError(f"severity must be positive, got {severity}")
     if kind == "blur":              # strong defocus
-        return _noise(cv2.GaussianBlur(frame, (0, 0), sigmaX=rng.uniform(5.0, 7.0)), rng, 1.0)
+        sigma = rng.uniform(5.0, 7.0) * severity
+        return _noise(cv2.GaussianBlur(frame, (0, 0), sigmaX=sigma), rng, 1.0)
     if kind == "low_contrast":      # 5-8% of the contrast (haze, flat light)
         mean = frame.mean(axis=(0, 1), keepdims=True)
-        return _noise(mean + rng.uniform(0.05, 0.08) * (frame - mean), rng, 0.7)
+        return _noise(mean + rng.uniform(0.05, 0.08) / severity * (frame - mean), rng, 0.7)
     if kind == "blur_low_contrast":  # defocused and flat
-        blurred = cv2.GaussianBlur(frame, (0, 0), sigmaX=rng.uniform(3.5, 4.5))
+        sigma = rng.uniform(3.5, 4.5) * severity
+        blurred = cv2.GaussianBlur(frame, (0, 0), sigmaX=sigma)
         mean = blurred.mean(axis=(0, 1), keepdims=True)
-        return _noise(mean + rng.uniform(0.15, 0.2) * (blurred - mean), rng, 0.7)
+        return _noise(mean + rng.uniform(0.15, 0.2) / severity * (blurred - mean), rng, 0.7)
     if kind == "fog":               # 85-90% airlight, slightly uneven
         h, w = frame.shape[:2]
         ys = np.linspace(0, 1, h, dtype=np.float32)[:, None]
-        density = rng.uniform(0.85, 0.9) + 0.04 * (ys - 0.5)  # thicker towards the bottom
+        haze = rng.uniform(0.85, 0.9)
+        if severity != 1.0:  # the scene's share of the light divided (bit for bit at 1)
+            haze = 1.0 - (1.0 - haze) / severity
+        density = haze + 0.04 * (ys - 0.5)  # thicker towards the bottom
         if frame.ndim == 3:
             density = density[..., None]
         airlight = rng.uniform(190, 215)
         return _noise((1 - density) * frame + density * airlight, rng, 0.7)
     if kind == "dark":              # night: 5-8% of the light, shot and read noise
-        gain = rng.uniform(0.05, 0.08)
+        gain = rng.uniform(0.05, 0.08) / severity
         signal = frame * gain * 2.0  # electrons at 0.5 DN per electron
         electrons = rng.poisson(np.clip(signal, 0, None)).astype(np.float32)
         return _noise(electrons * 0.5, rng, 1.2)
     if kind == "motion_blur":       # 12-20 px straight motion during the exposure
-        kernel = motion_kernel(rng.uniform(12, 20), motion_angle)
+        kernel = motion_kernel(rng.uniform(12, 20) * severity, motion_angle)
         blurred = cv2.filter2D(frame, -1, kernel, borderType=cv2.BORDER_REFLECT)
         return _noise(blurred, rng, 1.0)
     if kind in SCENE_KINDS or kind == "original":
@@ -264,9 +280,11 @@ def _as_rgb(photo: np.ndarray) -> np.ndarray:
 
 
 def make_pair(photo: str | np.ndarray, kind: str, seed: int = 0,
-              size: tuple[int, int] = (640, 480), name: str | None = None) -> Pair:
+              size: tuple[int, int] = (640, 480), name: str | None = None,
+              severity: float = 1.0) -> Pair:
     """One pair of `kind` (see KINDS, or "original") from a photograph (a skimage name or an
-    array), with its exact homography image0 -> image1."""
+    array), with its exact homography image0 -> image1; `severity` scales the degradation
+    (see degrade: the same views and draws, more of the scene taken away)."""
     if kind not in ALL_KINDS:
         raise ValueError(f"unknown low-texture kind {kind!r}; choose from {ALL_KINDS}")
     name = name or (photo if isinstance(photo, str) else "array")
@@ -286,13 +304,14 @@ def make_pair(photo: str | np.ndarray, kind: str, seed: int = 0,
         frame = render(scene, homography, size)
         frame_rng = _rng("frame", name, kind, seed, index, *size)
         angle = heading + np.deg2rad(frame_rng.uniform(-12.5, 12.5))
-        frame = degrade(frame, kind, frame_rng, motion_angle=angle)
+        frame = degrade(frame, kind, frame_rng, motion_angle=angle, severity=severity)
         frames.append(np.clip(np.round(frame), 0, 255).astype(np.uint8))
-    return Pair(frames[0], frames[1], h1 @ np.linalg.inv(h0), name, kind, seed)
+    return Pair(frames[0], frames[1], h1 @ np.linalg.inv(h0), name, kind, seed, severity)
 
 
 def make_pairs(photos: tuple[str, ...] = HELD_OUT_PHOTOS, kinds: tuple[str, ...] = KINDS,
-               seeds: tuple[int, ...] = (0,), size: tuple[int, int] = (640, 480)) -> list[Pair]:
-    """Every (photo, kind, seed) combination, in that order."""
-    return [make_pair(photo, kind, seed, size) for photo in photos for kind in kinds
-            for seed in seeds]
+               seeds: tuple[int, ...] = (0,), size: tuple[int, int] = (640, 480),
+               severity: float = 1.0) -> list[Pair]:
+    """Every (photo, kind, seed) combination, in that order, at `severity` (see degrade)."""
+    return [make_pair(photo, kind, seed, size, severity=severity) for photo in photos
+            for kind in kinds for seed in seeds]
