@@ -213,6 +213,9 @@ class TexturelessPath:
     # Keypoint paths: the most noise (grey levels, contrast stretched to 0-255) its extractor
     # is given; noisier frames are smoothed first (texture.denoise, `texture_denoise`).
     max_noise: float = 0.0
+    # Keypoint paths with a matcher that scores its matches: the lowest confidence it
+    # reports, whatever lower `filter_threshold` the user gave (0: `filter_threshold`).
+    min_confidence: float = 0.0
 
     def available(self, params: Mapping[str, Any]) -> bool:
         """Whether its files are given or found. Never downloads: a textureless path must not
@@ -240,8 +243,9 @@ class TexturelessPath:
         thresholds, never the files or thresholds the user gave the main extractor."""
         own = {name: spec.model_default for name, spec in P.SPECS.items()
                if spec.model_default is not None}
+        floor = max(float(params.get("filter_threshold", 0.0)), self.min_confidence)
         return {**params, **own, "extractor_weights": "", "matcher_weights": "",
-                "allow_download": False}
+                "allow_download": False, "filter_threshold": floor}
 
     def note(self, params: Mapping[str, Any], loftr_weights: Path | None) -> str:
         """Which path serves textureless frames, and why: logged once at start-up."""
@@ -262,6 +266,16 @@ class TexturelessPath:
 # 0.959 to 0.970 and AUC@3px from 0.775 to 0.798.
 NOISE_LIMIT = 4.0
 
+# The XFeat fallback's lowest match confidence. LighterGlue pairs the sensor noise of a blank
+# frame with confidences that LightGlue's usual 0.1 lets through: on 32 pairs of blank walls
+# (flat, vignetted, lit by a spot, a gradient; noise 0.5-4 grey levels; nothing to match) it
+# reported 22 matches per pair (median, up to 52), random ones, 18 pairs at
+# texture_min_matches or more, published as if right. At 0.25: 8 (up to 23), 1 pair. On 216
+# real low-texture pairs (held-out, tuning and smooth sets, the fallback on every pair) the
+# matches it removes are the least right: precision 0.977 -> 0.983, AUC@3px 0.794 -> 0.798,
+# 291 -> 271 matches per pair, failures unchanged (1).
+FALLBACK_MIN_CONFIDENCE = 0.25
+
 
 def textureless_paths() -> tuple[TexturelessPath, ...]:
     """matcher 'auto': the textureless paths, preferred first, then the fallbacks. Without a
@@ -275,7 +289,8 @@ def textureless_paths() -> tuple[TexturelessPath, ...]:
             TexturelessPath(TEXTURELESS_SIFT, extractor="sift", matcher="nn",
                             contrast_normalised=True, max_noise=NOISE_LIMIT),
             TexturelessPath(TEXTURELESS_XFEAT, extractor="xfeat", matcher="lighterglue",
-                            epipolar_px=1.0, fallback=True, max_noise=NOISE_LIMIT))
+                            epipolar_px=1.0, fallback=True, max_noise=NOISE_LIMIT,
+                            min_confidence=FALLBACK_MIN_CONFIDENCE))
 
 
 def textureless_path(mode: MatcherMode, params: Mapping[str, Any]) -> TexturelessPath | None:
