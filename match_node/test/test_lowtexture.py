@@ -16,7 +16,8 @@ from match_node.groundtruth.planar import make_sequence, replay, reprojection_er
 from match_node.engine.families import FALLBACK_MIN_CONFIDENCE
 from match_node.engine.texture import (TEXTURELESS_SIFT, TEXTURELESS_XFEAT, contrast_normalise,
                                        epipolar_agreement, epipolar_inliers,
-                                       geometric_agreement, measure_texture)
+                                       geometric_agreement, gradient_tensor, measure_texture)
+from match_node.engine.refine import to_gray
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "match_node.yaml"
 
@@ -115,13 +116,8 @@ def test_pairs_are_deterministic_and_low_texture_kinds_differ():
 
 
 def test_severity_scales_each_degradation_on_the_same_views():
-    def gray(image: np.ndarray) -> np.ndarray:
-        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64)
-
-    def detail(image: np.ndarray) -> float:  # gradient energy above the sensor noise
-        smooth = cv2.GaussianBlur(gray(image), (0, 0), 1.5)
-        return float(np.mean(cv2.Sobel(smooth, cv2.CV_64F, 1, 0) ** 2
-                             + cv2.Sobel(smooth, cv2.CV_64F, 0, 1) ** 2))
+    def detail(image: np.ndarray) -> float:  # gradient energy (at 1 px, above the noise)
+        return float(np.trace(gradient_tensor(to_gray(image))))
 
     size = (320, 240)
     for kind in ("blur", "low_contrast", "blur_low_contrast", "fog", "dark", "motion_blur"):
@@ -130,9 +126,9 @@ def test_severity_scales_each_degradation_on_the_same_views():
         assert np.array_equal(usual.homography, worse.homography), kind
         assert worse.id == f"coffee/{kind}@2/0" and usual.id == f"coffee/{kind}/0"
         if kind == "dark":  # half the light
-            assert 0.4 < gray(worse.image0).mean() / gray(usual.image0).mean() < 0.6
+            assert 0.4 < to_gray(worse.image0).mean() / to_gray(usual.image0).mean() < 0.6
         elif kind in ("low_contrast", "fog"):  # half the contrast left
-            assert 0.4 < gray(worse.image0).std() / gray(usual.image0).std() < 0.65, kind
+            assert 0.4 < to_gray(worse.image0).std() / to_gray(usual.image0).std() < 0.65, kind
         else:  # twice the blur: less detail
             assert detail(worse.image0) < 0.75 * detail(usual.image0), kind
     for kind in ("wall_patch", "repetitive", "closeup"):  # scenes: nothing to scale
