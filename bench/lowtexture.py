@@ -310,6 +310,8 @@ def main() -> None:
                         help="a lowtexture.json whose pair results are taken as they are "
                              "(only the streams run again)")
     args = parser.parse_args()
+    if not args.severity > 0:
+        parser.error(f"--severity must be positive, got {args.severity}")
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))

@@ -137,6 +137,8 @@ def test_severity_scales_each_degradation_on_the_same_views():
                                         severity=2.0).image1, usual.image1)
     with pytest.raises(ValueError, match="severity must be positive"):
         make_pair("coffee", "blur", size=(160, 120), severity=0.0)
+    with pytest.raises(ValueError, match="severity must be positive"):
+        make_pair("coffee", "wall_patch", size=(160, 120), severity=float("nan"))
 
 
 def test_contrast_normalise_and_epipolar_inliers():

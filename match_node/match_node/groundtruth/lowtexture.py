@@ -202,6 +202,11 @@ def motion_kernel(length: float, angle: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
+def _check_severity(severity: float) -> None:
+    if not severity > 0:  # also refuses NaN
+        raise ValueError(f"severity must be positive, got {severity}")
+
+
 def degrade(frame: np.ndarray, kind: str, rng: np.random.Generator,
             motion_angle: float = 0.0, severity: float = 1.0) -> np.ndarray:
     """A frame-space degradation (float32 in, float32 out, 0-255 scale). `motion_angle`
@@ -210,8 +215,7 @@ def degrade(frame: np.ndarray, kind: str, rng: np.random.Generator,
     random draws are the same at every severity): the blur's sigma and the motion's length
     are multiplied by it; the contrast left (low contrast), the light (darkness) and the
     scene's share of the light through fog are divided by it. The scene kinds ignore it."""
-    if not severity > 0:
-        raise ValueError(f"severity must be positive, got {severity}")
+    _check_severity(severity)
     if kind == "blur":              # strong defocus
         sigma = rng.uniform(5.0, 7.0) * severity
         return _noise(cv2.GaussianBlur(frame, (0, 0), sigmaX=sigma), rng, 1.0)
@@ -287,6 +291,7 @@ def make_pair(photo: str | np.ndarray, kind: str, seed: int = 0,
     (see degrade: the same views and draws, more of the scene taken away)."""
     if kind not in ALL_KINDS:
         raise ValueError(f"unknown low-texture kind {kind!r}; choose from {ALL_KINDS}")
+    _check_severity(severity)  # the scene kinds ignore it, but never take a wrong one
     name = name or (photo if isinstance(photo, str) else "array")
     image = _as_rgb(load_photo(photo) if isinstance(photo, str) else photo)
     rng = _rng("pair", name, kind, seed, *size)
