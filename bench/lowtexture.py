@@ -354,8 +354,9 @@ def main() -> None:
 
     if args.keep_others:
         kept = json.loads(Path(args.keep_others).read_text())
-        # The methods run now, or whose pairs were reused: theirs replace the kept ones.
-        ran = {name for name, _ in table} | {r["method"] for r in rows}
+        # The methods run now, or whose pairs were reused (every one has rows): theirs
+        # replace the kept ones.
+        ran = {r["method"] for r in rows}
         fresh = {(r["method"], r["set"]): r for r in rows}
         rows = [fresh.pop((r["method"], r["set"]), r) for r in kept["rows"]
                 if r["method"] not in ran or (r["method"], r["set"]) in fresh]
