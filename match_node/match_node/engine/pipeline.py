@@ -32,7 +32,8 @@ from .costmodel import smoothed
 from .image import Prepared, prepare
 from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
 from ..models.lightglue import LayerHook, MatchOutput
-from .refine import MULTISCALE_OFF_STDERR_PX, refine_matches, refine_multiscale, to_gray
+from .refine import (MULTISCALE_OFF_STDERR_PX, refine_keypoint_matches, refine_matches,
+                     refine_multiscale, to_gray)
 from .texture import (AMBIGUOUS_SURVIVAL, FALLBACK_AGREEMENT, SPARSE_FACTOR, TEXTURELESS_LOFTR,
                       MatcherSwitch, Texture, blur_change, contrast_normalise, denoise,
                       epipolar_agreement, epipolar_inliers, geometric_agreement,
@@ -464,23 +465,33 @@ class Pipeline:
         matches the refinement found off are removed: those it walked its search range or
         more away from their matched position.
 
-        `textureless`: the result comes from a textureless path (blurred, dark, flat frames).
-        With `refine: patch` its matches are aligned coarse to fine instead
-        (`refine_coarse_levels`, refine.refine_multiscale; flagged refined where a level moved
-        them), and found off where no level moved them or the standard error of their
-        position is above MULTISCALE_OFF_STDERR_PX (bench/textureless_refinement.py: dropping
-        them took the XFeat fallback's precision from 0.845 to 0.854 and the SIFT path's from
-        0.991 to 0.994). They are dropped only while at least `texture_min_matches` matches
-        remain, so a frame its path found enough matches on is never published thin (between
-        a sharp and a blurred frame a whole pair's alignment can be poor)."""
+        With `refine: patch` and `refine_coarse_levels` > 0, matches are aligned coarse to fine
+        where full resolution cannot place them: `textureless` (the result comes from a
+        textureless path: blurred, dark, flat frames) all of them (refine.refine_multiscale);
+        a keypoint matcher's, on a frame where the full-resolution alignment finds
+        refine.BLURRED_OFF_SHARE of them off (motion blur), those it leaves imprecise
+        (refine.refine_keypoint_matches). They are flagged refined where a step moved them,
+        and found off where none did or the standard error of their position is above
+        MULTISCALE_OFF_STDERR_PX
+        (bench/textureless_refinement.py: dropping them took the XFeat fallback's precision
+        from 0.845 to 0.854 and the SIFT path's from 0.991 to 0.994). They are dropped only
+        while at least `texture_min_matches` matches remain, so a frame its path found enough
+        matches on is never published thin (between a sharp and a blurred frame a whole
+        pair's alignment can be poor)."""
         start = time.perf_counter()
         levels = self.params["refine_coarse_levels"]
-        if textureless and levels > 0 and self.params["refine"] == "patch":
-            keypoints1, stderr = refine_multiscale(gray0, gray1, result.keypoints0,
-                                                   result.keypoints1, levels=levels)
-            refined = np.isfinite(stderr)
-            off = ~(refined & (stderr <= MULTISCALE_OFF_STDERR_PX))
-            if len(off) - off.sum() < self.params["texture_min_matches"]:
+        coarse = False
+        if levels > 0 and self.params["refine"] == "patch":
+            if textureless:
+                keypoints1, stderr = refine_multiscale(gray0, gray1, result.keypoints0,
+                                                       result.keypoints1, levels=levels)
+                refined = np.isfinite(stderr)
+                off = ~(refined & (stderr <= MULTISCALE_OFF_STDERR_PX))
+                coarse = True
+            else:
+                keypoints1, refined, off, coarse = refine_keypoint_matches(
+                    gray0, gray1, result.keypoints0, result.keypoints1, levels=levels)
+            if coarse and len(off) - off.sum() < self.params["texture_min_matches"]:
                 off[:] = False
         else:
             keypoints1, refined, off = refine_matches(self.params["refine"], gray0, gray1,

@@ -25,7 +25,8 @@ and a match keeps its detector's position (XFeat's: ~2 px off there). The same a
 Gaussian pyramid, coarsest level first, sees wider patches with the noise averaged out; each
 finer level takes over a match only where it places it with a smaller standard error, and the
 full-resolution alignment from the matched position wins where its standard error is smaller
-still (sharp detail).
+still (sharp detail). A keypoint matcher's matches get it on a motion-blurred frame only
+(`refine_keypoint_matches`: where `refine_patch` finds many of them off).
 
 Coordinates: pixels of the original images, pixel centres at integers (as OpenCV's remap).
 """
@@ -42,7 +43,16 @@ REFINE_METHODS = ("none", "patch", "lk")
 # Dropping them (with those no level moved) took the SIFT path's precision from 0.991 to 0.994
 # and the XFeat fallback's from 0.845 to 0.854 (bench/results/textureless_refinement.md).
 MULTISCALE_OFF_STDERR_PX = 1.0
+# refine_keypoint_matches on a blurred frame: a match the full-resolution alignment places
+# with a standard error up to this (px) keeps that position; the others are aligned coarse
+# to fine. Chosen among 0.05, 0.1 and 0.2 on 24 held-out motion-blurred pairs (severity 1,
+# 1.5, 2): 0.1 and 0.2 lost 0.01-0.03 AUC@3px against 0.05.
+PRECISE_STDERR_PX = 0.05
+# ... and a frame counts as blurred where refine_patch finds this share of the matches off
+# (see refine_keypoint_matches).
+BLURRED_OFF_SHARE = 0.15
 FULL_RESOLUTION_SHIFT = 2.0  # px: refine_patch's search range (refine_matches' max_shift)
+REFINE_MIN_NCC = 0.8  # refine_patch: aligned patches correlating less are not refined
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -181,7 +191,7 @@ def align_patches(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
 
 def refine_patch(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
                  keypoints1: np.ndarray, radius: int = 5, max_iterations: int = 12,
-                 max_shift: float = 2.0, min_ncc: float = 0.8,
+                 max_shift: float = 2.0, min_ncc: float = REFINE_MIN_NCC,
                  neighbours: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Affine-aware patch alignment (see the module doc). Returns the refined current
     keypoints (K x 2; unrefined ones unchanged), the mask of refined matches and the mask of
@@ -191,11 +201,16 @@ def refine_patch(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
         return k1.copy(), np.zeros(0, bool), np.zeros(0, bool)
     aligned = align_patches(gray0, gray1, keypoints0, k1, radius, max_iterations, max_shift,
                             neighbours)
-    distance = np.linalg.norm(aligned.shift, axis=1)
+    return _patch_verdict(aligned, k1, max_shift, min_ncc)
+
+
+def _patch_verdict(aligned: PatchAlignment, keypoints1: np.ndarray, max_shift: float,
+                   min_ncc: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """refine_patch's result from its alignment: (keypoints, refined, off)."""
     refined = _converged(aligned, max_shift, min_ncc)
-    out = k1.copy()
+    out = keypoints1.copy()
     out[refined] += aligned.shift[refined]
-    return out, refined, distance >= max_shift
+    return out, refined, np.linalg.norm(aligned.shift, axis=1) >= max_shift
 
 
 def refine_lk(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
@@ -280,6 +295,46 @@ def refine_multiscale(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarr
     chain[direct] = k1[direct] + full.shift[direct]
     stderr[direct] = full_stderr[direct]
     return chain, stderr
+
+
+def refine_keypoint_matches(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np.ndarray,
+                            keypoints1: np.ndarray, levels: int = 2,
+                            blurred_share: float = BLURRED_OFF_SHARE
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """A keypoint matcher's matches (ALIKED, DISK, SuperPoint) with `refine: patch`:
+    refine_patch, unless it finds `blurred_share` of them or more off. On a motion-blurred
+    frame the detector places keypoints several px along the blur and the full-resolution
+    patch, which sees a ramp along it, converges there or walks off: then the matches it
+    does not place to within PRECISE_STDERR_PX (standard error) are aligned coarse to fine
+    (refine_multiscale, `levels` pyramid levels), found off where that leaves them above
+    MULTISCALE_OFF_STDERR_PX.
+
+    Why only then: on sharp real frames the coarse levels' wide patches straddle depth
+    edges, and the consecutive-frame pose of the Middlebury sequence (bench/pose.py) got
+    worse with them on every frame (AUC@5deg 0.806 -> 0.715), though on planar pairs they
+    help. refine_patch finds up to 8% of the matches off on the sharp pairs measured
+    (textured evaluation pairs, repetitive surfaces, Middlebury: 3%), 10-40% on most
+    motion-blurred ones. Measured on the ALIKED + LightGlue matches of held-out motion-blurred
+    pairs, see bench/refinement.py.
+
+    Returns (keypoints, refined, off, whether the coarse alignment ran)."""
+    k0 = np.asarray(keypoints0, np.float32).reshape(-1, 2)
+    k1 = np.asarray(keypoints1, np.float32).reshape(-1, 2)
+    if len(k0) == 0:
+        return k1.copy(), np.zeros(0, bool), np.zeros(0, bool), False
+    full = align_patches(gray0, gray1, k0, k1, max_shift=FULL_RESOLUTION_SHIFT)
+    points, refined, off = _patch_verdict(full, k1, FULL_RESOLUTION_SHIFT, REFINE_MIN_NCC)
+    if levels <= 0 or off.mean() < blurred_share:
+        return points, refined, off, False
+    precise = refined & (full.stderr <= PRECISE_STDERR_PX)
+    stderr = np.where(precise, full.stderr, np.inf).astype(np.float32)
+    points = np.where(precise[:, None], points, k1)
+    rest = np.flatnonzero(~precise)
+    if len(rest):
+        points[rest], stderr[rest] = refine_multiscale(gray0, gray1, k0[rest], k1[rest],
+                                                       levels=levels)
+    refined = np.isfinite(stderr)
+    return points, refined, ~(refined & (stderr <= MULTISCALE_OFF_STDERR_PX)), True
 
 
 def _converged(aligned: PatchAlignment, max_shift: float, min_ncc: float) -> np.ndarray:
