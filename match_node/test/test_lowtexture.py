@@ -344,10 +344,13 @@ def test_motion_blur_in_one_frame_goes_to_the_textureless_path(shipped):
     (with texture_blur_mismatch off, precision under 0.5 at full resolution; the coarse to
     fine refinement of motion-blurred frames lifts it over 0.7), so they are served by the
     textureless path, whose keypoints stay centred; the pair blurred alike stays on LightGlue.
-    The texture switch itself never moves. A single pair does the same."""
+    The texture switch itself never moves. A single pair does the same.
+    The keypoint positions LightGlue's unpublished pair refined are not the next pair's
+    reference: the pairs after a textureless-served one report the detector's keypoints."""
     sequence = make_sequence("chelsea", num_frames=6, size=(640, 480), step=6, seed=1)
     kinds = [None] * 2 + ["motion_blur"] * 2 + [None] * 2
     frames = degrade_frames(sequence.frames, kinds)
+    results = {}
 
     def run() -> list[tuple[tuple[str, str], float, bool]]:
         stream = SequentialMatcher(shipped)
@@ -356,6 +359,7 @@ def test_motion_blur_in_one_frame_goes_to_the_textureless_path(shipped):
             result = p.result
             assert len(result) >= 20 and len(result.track_ids) == len(result), p.frame
             served.append(((result.extractor, result.matcher), p.precision, p.tracks_reset))
+            results[p.frame] = result
         assert stream.switch.switches == 0
         return served
 
@@ -366,6 +370,10 @@ def test_motion_blur_in_one_frame_goes_to_the_textureless_path(shipped):
                                                textured]
     assert [reset for _, _, reset in served] == [True] * 5  # every change of path restarts
     assert min(precision for _, precision, _ in served) >= 0.7, served
+    for frame in (2, 4):  # served by the textureless path as the current frame
+        detected = shipped.extract(frames[frame]).keypoints.numpy()
+        after = results[frame + 1]
+        np.testing.assert_array_equal(after.keypoints0, detected[after.indices0])
     try:
         shipped.update(texture_blur_mismatch=0.0)
         unchecked = run()

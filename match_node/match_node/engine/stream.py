@@ -170,6 +170,7 @@ class SequentialMatcher:
                 self._record.match_ms = result.timings["match_ms"]
             if self.pipeline.refining:
                 self._refine(previous, frame, result, start)
+            keypoint_result = result
             if self.pipeline.rescues(result):
                 # Too thin to publish (typically the first textureless frame, before the
                 # switch): the textureless paths too, and the result with more matches.
@@ -188,6 +189,14 @@ class SequentialMatcher:
                     frame.matcher = served
                 if self._record is not None:
                     self._record.match_ms += budget.clock() - match_start
+            if result is not keypoint_result:
+                # The keypoint matcher's pair was not published: the positions its refinement
+                # gave this frame's keypoints (against a blurred or textureless frame, where
+                # the coarse-to-fine alignment slides them along the blur) must not become
+                # the next pair's reference. On a textured -> motion-blurred -> textured
+                # stream they made the sharp frames after it lose precision (hubble_deep_field:
+                # 1.000 -> 0.987).
+                frame.positions = None
         if self._record is not None:
             self._record.textureless = frame.matcher != self.pipeline.detector_matcher
         if self.tracker.space != frame.matcher:
