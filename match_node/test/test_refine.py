@@ -1,4 +1,6 @@
 """Sub-pixel refinement against exact ground truth: a real photograph under a known homography."""
+import copy
+
 import cv2
 import numpy as np
 import pytest
@@ -166,6 +168,37 @@ def test_budget_skips_refinement_when_time_is_short():
     pipeline.budget.configure(50.0, 95.0, 64, 128, 320, 1024, 3)
     now = pipeline.budget.clock()
     assert pipeline.refine_fits(10, now) and not pipeline.refine_fits(100, now)
+
+
+def test_motion_blurred_frames_do_not_raise_the_refinement_cost_of_sharp_ones():
+    """The latency budget predicts a keypoint frame's refinement from a cost per match learned
+    on the frames refined so far. A motion-blurred frame's coarse-to-fine step costs several
+    times that; learning from it would make sharp frames' refinement look too slow, and a
+    refinement the budget skips is never measured again. It is left out of the estimate."""
+    from match_node import Pipeline
+    from match_node.groundtruth.lowtexture import make_pair
+    settings = dict(device="cpu", max_keypoints=256, allow_download=False, matcher="lightglue")
+    pipeline = Pipeline(settings, refine="none")
+    blurred = make_pair("astronaut", "motion_blur", seed=0, size=(480, 360))
+    sharp = make_pair("astronaut", "original", seed=0, size=(480, 360))
+    gray = {name: (to_gray(p.image0), to_gray(p.image1))
+            for name, p in (("blurred", blurred), ("sharp", sharp))}
+    results = {name: pipeline.match(p.image0, p.image1)
+               for name, p in (("blurred", blurred), ("sharp", sharp))}
+    from match_node.engine.refine import refine_keypoint_matches
+    goes_coarse = {name: refine_keypoint_matches(*gray[name], r.keypoints0, r.keypoints1)[3]
+                   for name, r in results.items()}
+    assert goes_coarse == {"blurred": True, "sharp": False}
+    pipeline.update(refine="patch")
+    pipeline.refine_result(copy.deepcopy(results["sharp"]), *gray["sharp"])
+    learned = pipeline._refine_ms_per_match[False]
+    assert learned > 0
+    blurred_result = copy.deepcopy(results["blurred"])
+    pipeline.refine_result(blurred_result, *gray["blurred"])
+    assert blurred_result.timings["refine_ms"] > 0
+    assert pipeline._refine_ms_per_match[False] == learned
+    pipeline.refine_result(copy.deepcopy(results["sharp"]), *gray["sharp"])
+    assert pipeline._refine_ms_per_match[False] != learned  # sharp frames keep teaching it
 
 
 def test_matches_displaced_beyond_the_search_range_are_found_off(scene):

@@ -507,9 +507,12 @@ class Pipeline:
             result.off_dropped += int(off.sum())
         result.timings["refine_ms"] = elapsed
         result.timings["total_ms"] += elapsed
-        if refined_count:
+        if refined_count and (textureless or not coarse):
             # Per kind of result: the textureless paths' coarse-to-fine alignment costs more
-            # per match than the keypoint matcher's single level.
+            # per match than the keypoint matcher's single level. A keypoint result that went
+            # coarse to fine (a motion-blurred frame, 3x the cost) is left out: it would
+            # raise the prediction for the sharp frames, and a prediction that no longer fits
+            # the budget is never measured again (refinement skipped on every frame after).
             self._refine_ms_per_match[textureless] = smoothed(
                 self._refine_ms_per_match[textureless], elapsed / refined_count)
 
