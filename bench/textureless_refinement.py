@@ -35,7 +35,7 @@ import torch
 
 from bench.lowtexture import CONFIG, FAILURE_PX, score
 from match_node import Pipeline
-from match_node.engine.refine import (MULTISCALE_OFF_STDERR_PX, refine_multiscale, refine_patch,
+from match_node.engine.refine import (multiscale_verdict, refine_multiscale, refine_patch,
                                       to_gray)
 from match_node.groundtruth.lowtexture import (HELD_OUT_PHOTOS, KINDS, SMOOTH_PHOTOS,
                                                TUNING_PHOTOS, make_pairs)
@@ -51,7 +51,7 @@ def _all(points: np.ndarray) -> np.ndarray:
 
 def _dropping_off(gray0, gray1, k0, k1):
     points, stderr = refine_multiscale(gray0, gray1, k0, k1)
-    kept = np.isfinite(stderr) & (stderr <= MULTISCALE_OFF_STDERR_PX)
+    kept = ~multiscale_verdict(stderr)[1]
     return points, kept if kept.sum() >= MIN_MATCHES else _all(kept)
 
 

@@ -32,7 +32,7 @@ from .costmodel import smoothed
 from .image import Prepared, prepare
 from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
 from ..models.lightglue import LayerHook, MatchOutput
-from .refine import (MULTISCALE_OFF_STDERR_PX, refine_keypoint_matches, refine_matches,
+from .refine import (multiscale_verdict, refine_keypoint_matches, refine_matches,
                      refine_multiscale, to_gray)
 from .texture import (AMBIGUOUS_SURVIVAL, FALLBACK_AGREEMENT, SPARSE_FACTOR, TEXTURELESS_LOFTR,
                       MatcherSwitch, Texture, blur_change, contrast_normalise, denoise,
@@ -472,7 +472,7 @@ class Pipeline:
         refine.BLURRED_OFF_SHARE of them off (motion blur), those it leaves imprecise
         (refine.refine_keypoint_matches). They are flagged refined where a step moved them,
         and found off where none did or the standard error of their position is above
-        MULTISCALE_OFF_STDERR_PX
+        refine.MULTISCALE_OFF_STDERR_PX
         (bench/textureless_refinement.py: dropping them took the XFeat fallback's precision
         from 0.845 to 0.854 and the SIFT path's from 0.991 to 0.994). They are dropped only
         while at least `texture_min_matches` matches remain, so a frame its path found enough
@@ -485,8 +485,7 @@ class Pipeline:
             if textureless:
                 keypoints1, stderr = refine_multiscale(gray0, gray1, result.keypoints0,
                                                        result.keypoints1, levels=levels)
-                refined = np.isfinite(stderr)
-                off = ~(refined & (stderr <= MULTISCALE_OFF_STDERR_PX))
+                refined, off = multiscale_verdict(stderr)
                 coarse = True
             else:
                 keypoints1, refined, off, coarse = refine_keypoint_matches(

@@ -333,8 +333,15 @@ def refine_keypoint_matches(gray0: np.ndarray, gray1: np.ndarray, keypoints0: np
     if len(rest):
         points[rest], stderr[rest] = refine_multiscale(gray0, gray1, k0[rest], k1[rest],
                                                        levels=levels)
+    return (points, *multiscale_verdict(stderr), True)
+
+
+def multiscale_verdict(stderr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The refined and off masks of a coarse-to-fine alignment from its standard errors
+    (refine_multiscale): refined where a step moved the match (finite), off where none did or
+    the standard error is above MULTISCALE_OFF_STDERR_PX."""
     refined = np.isfinite(stderr)
-    return points, refined, ~(refined & (stderr <= MULTISCALE_OFF_STDERR_PX)), True
+    return refined, ~(refined & (stderr <= MULTISCALE_OFF_STDERR_PX))
 
 
 def _converged(aligned: PatchAlignment, max_shift: float, min_ncc: float) -> np.ndarray:
