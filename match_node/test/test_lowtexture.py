@@ -14,7 +14,8 @@ from match_node.groundtruth.lowtexture import (FRAME_KINDS, KINDS, degrade_frame
                                                make_pair, render, repetitive_scene, view_pair)
 from match_node.groundtruth.planar import make_sequence, replay, reprojection_errors
 from match_node.engine.families import FALLBACK_MIN_CONFIDENCE
-from match_node.engine.texture import (TEXTURELESS_SIFT, TEXTURELESS_XFEAT, contrast_normalise,
+from match_node.engine.texture import (TEXTURELESS_DIRECT, TEXTURELESS_SIFT, TEXTURELESS_XFEAT,
+                                       contrast_normalise,
                                        epipolar_agreement, epipolar_inliers,
                                        geometric_agreement, gradient_tensor, measure_texture)
 from match_node.engine.refine import to_gray
@@ -432,7 +433,7 @@ def test_fallback_serves_a_pair_the_textureless_path_leaves_thin(shipped):
     hundreds (median error under 1 px after the coarse-to-fine alignment) and a usable homography. With
     texture_min_matches 0 the fallback is off."""
     pair = make_pair("rocket", "dark", seed=0, size=(640, 480))
-    assert shipped.textureless_chain == (TEXTURELESS_SIFT, TEXTURELESS_XFEAT)
+    assert shipped.textureless_chain == (TEXTURELESS_SIFT, TEXTURELESS_XFEAT, TEXTURELESS_DIRECT)
     result = shipped.match(pair.image0, pair.image1)
     assert (result.extractor, result.matcher) == ("xfeat", "lighterglue")
     errors = reprojection_errors(pair.homography, result.keypoints0.astype(float),
@@ -788,7 +789,7 @@ def test_fallback_off_by_parameter_or_missing_files(monkeypatch):
         P.validate({"textureless_fallback": "disk"})
     off = Pipeline.from_yaml(CONFIG, device="cpu", allow_download=False,
                              textureless_fallback="none")
-    assert off.textureless_chain == (TEXTURELESS_SIFT,)
+    assert off.textureless_chain == (TEXTURELESS_SIFT, TEXTURELESS_DIRECT)
     assert "textureless_fallback is 'none'" in off.textureless_note
     resolve = weights.resolve
 
@@ -799,6 +800,6 @@ def test_fallback_off_by_parameter_or_missing_files(monkeypatch):
 
     monkeypatch.setattr(weights, "resolve", without_xfeat)
     missing = Pipeline.from_yaml(CONFIG, device="cpu", allow_download=False)
-    assert missing.textureless_chain == (TEXTURELESS_SIFT,)
+    assert missing.textureless_chain == (TEXTURELESS_SIFT, TEXTURELESS_DIRECT)
     assert "its files were not found" in missing.textureless_note
-    assert list(missing.keypoint_paths) == [TEXTURELESS_SIFT]
+    assert list(missing.keypoint_paths) == [TEXTURELESS_SIFT, TEXTURELESS_DIRECT]

@@ -117,8 +117,10 @@ def test_registry_covers_every_parameter_value():
             assert P.SPECS[name].scope == "pipeline" and not P.SPECS[name].read_only
             assert key in own, (entry.name, key)
     for path in F.textureless_paths():
-        assert path.detector_free or (path.extractor in F.EXTRACTOR_FAMILIES
-                                      and path.matcher in F.KEYPOINT_MATCHERS)
+        # LoFTR and the direct alignment (no model) are not keypoint families.
+        assert path.detector_free or path.direct or (path.extractor in F.EXTRACTOR_FAMILIES
+                                                     and path.matcher in F.KEYPOINT_MATCHERS)
+    assert [path.name for path in F.textureless_paths() if path.direct] == ["shi-tomasi+direct"]
 
 
 def test_model_default_convention():

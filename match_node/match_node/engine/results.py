@@ -3,6 +3,7 @@ pixels of the original images), and what happened to a frame pushed into a strea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ class Features:
     working_size: tuple[int, int] = (0, 0)  # (width, height) the extractor ran at
     keypoint_cap: int = 0
     scale_ori: torch.Tensor | None = None  # N x 2 (scale px, orientation rad): SIFT only
+    # The direct path's frame (direct.DirectFrame: its high-passed image, whose corners are
+    # `keypoints`); None for every other extractor.
+    direct: Any = None
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])

@@ -282,7 +282,9 @@ class SequentialMatcher:
                 view.path_features[path] = features
         features0, features1 = previous.path_features[path], frame.path_features[path]
         result = pipeline.match_on(path, features0, features1)
-        refined = pipeline.refining and self._refine(previous, frame, result, start, path)
+        # The direct path's matches are aligned already (and its frame keeps their positions).
+        refined = (pipeline.refining and not pipeline.aligns(path)
+                   and self._refine(previous, frame, result, start, path))
         cost.observe_pair(result.timings["match_ms"],
                           result.timings["refine_ms"] if refined else None)
         return result
