@@ -87,6 +87,7 @@ BLUR_OFF = "match_node.yaml, texture_blur_mismatch 0 (ours)"
 COARSE_OFF = "match_node.yaml, refine_coarse_levels 0 (ours)"
 DENOISE_OFF = "match_node.yaml, texture_denoise off (ours)"
 RICHER_OFF = "match_node.yaml, textureless_richer 0 (ours)"
+DIRECT_OFF = "match_node.yaml, textureless_direct off (ours)"
 
 
 def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
@@ -116,6 +117,8 @@ def method_table(args: argparse.Namespace, served: dict[str, Counter]) -> Table:
                                          served.setdefault(DENOISE_OFF, Counter()))),
         (RICHER_OFF, lambda: configured({**base, **loftr_file, "textureless_richer": 0.0},
                                         served.setdefault(RICHER_OFF, Counter()))),
+        (DIRECT_OFF, lambda: configured({**base, **loftr_file, "textureless_direct": False},
+                                        served.setdefault(DIRECT_OFF, Counter()))),
         ("ALIKED+LightGlue, previous default (ours)", lambda: ours(shipped_before)),
         ("ALIKED+LightGlue (official)", lambda: official_matcher("aliked", args.device)),
         ("ALIKED top-k+LightGlue (ours)", lambda: ours(shipped_before, detection_threshold=0.0)),
