@@ -7,9 +7,11 @@ from match_node.groundtruth.planar import low_texture, make_sequence
 
 def test_auto_switches_exactly_twice_on_textured_textureless_textured(loftr_checkpoint):
     # The LoFTR file is random weights in the official layout (see conftest): the XFeat
-    # fallback would serve its thin results, so it is off here (test_lowtexture tests it).
+    # fallback and the direct alignment would serve its thin results, so they are off here
+    # (test_lowtexture and test_direct test them).
     pipeline = Pipeline(device="cpu", matcher="auto", loftr_weights=str(loftr_checkpoint),
-                        max_keypoints=512, allow_download=False, textureless_fallback="none")
+                        max_keypoints=512, allow_download=False, textureless_fallback="none",
+                        textureless_direct=False)
     sequence = make_sequence("coffee", num_frames=10, size=(640, 480), step=6)
     kinds = [None] * 3 + ["blur", "low_contrast", "fog", "uniform"] + [None] * 3
     frames = [f if k is None else low_texture(f, k) for f, k in zip(sequence.frames, kinds)]
