@@ -283,11 +283,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "and are never downloaded for this) or 'none'.",
               choices=("xfeat", "none")),
     ParamSpec("textureless_direct", True,
-              "auto: a frame that every textureless path (and textureless_fallback) leaves "
-              "with fewer than texture_min_matches matches is aligned directly, the last "
-              "resort of smooth surfaces: corners of the high-passed frame carried by the "
-              "frames' global homography (ECC) and each aligned coarse to fine; a pair that "
-              "does not correlate, or a surface that repeats itself, gets no match from it.",
+              "auto: the direct alignment of smooth surfaces (corners of the high-passed "
+              "frame carried by the frames' global homography, ECC, and each aligned coarse "
+              "to fine): in a stream it matches a frame that every textureless path (and "
+              "textureless_fallback) leaves with fewer than texture_min_matches matches; a "
+              "single low-texture pair it matches too, and its result is published where it "
+              "has at least as many matches. A pair that does not correlate, an ambiguous "
+              "alignment or a surface that repeats itself gets no match from it.",
               read_only=False),
     ParamSpec("textureless_verify", True,
               "auto: on a low-texture pair the keypoint matcher (LightGlue) runs too, and when "

@@ -1,5 +1,6 @@
-"""The direct path (engine/direct.py): matcher 'auto''s last resort on smooth surfaces, where
-every keypoint path is left thin. Real photographs of scikit-image, exact homographies."""
+"""The direct path (engine/direct.py): matcher 'auto''s last textureless path, for smooth
+surfaces where every keypoint path is left thin (in streams), and a competitor on single
+low-texture pairs. Real photographs of scikit-image, exact homographies."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -53,17 +54,34 @@ def test_a_smooth_closeup_every_keypoint_path_leaves_thin_is_aligned_directly(sh
     assert len(alone) < 20 and corner_error(pair.homography, alone, (640, 480)) > 10
 
 
-def test_the_direct_path_is_tried_only_on_frames_left_thin(shipped, monkeypatch):
-    """A pair SIFT matches richly never reaches the direct path (it is the last resort: the
-    others' keypoints are the ones their tracks and budgets are measured on)."""
+def test_a_single_pair_gets_the_direct_result_where_it_has_as_many_matches(shipped):
+    """On a single low-texture pair the direct alignment runs too and its result is kept where
+    it has at least as many matches as the chain's (moon/closeup/1: SIFT-CLAHE 116 matches,
+    the direct path 387, all within 3 px)."""
+    pair = make_pair("moon", "closeup", seed=1, size=(640, 480))
+    sift = shipped.match_pair_on(TEXTURELESS_SIFT, pair.image0, pair.image1)
+    result = shipped.match(pair.image0, pair.image1)
+    assert f"{result.extractor}+{result.matcher}" == TEXTURELESS_DIRECT
+    assert len(result) >= len(sift) >= 80
+    errors = reprojection_errors(pair.homography, result.keypoints0.astype(float),
+                                 result.keypoints1.astype(float))
+    assert np.mean(errors < 3) >= 0.95
+    assert corner_error(pair.homography, result, (640, 480)) < 1
+
+
+def test_a_stream_tries_the_direct_path_only_on_frames_left_thin(shipped, monkeypatch):
+    """In a stream a change of path restarts the tracks, so a frame SIFT-CLAHE matches richly
+    never reaches the direct path: it is the last resort there."""
     calls = []
     match_on = shipped.match_on
     monkeypatch.setattr(shipped, "match_on",
                         lambda path, *a, **k: calls.append(path) or match_on(path, *a, **k))
     pair = make_pair("moon", "closeup", seed=1, size=(640, 480))
-    result = shipped.match(pair.image0, pair.image1)
+    stream = SequentialMatcher(shipped)
+    stream.push(pair.image0, 0)
+    result = stream.push(pair.image1, 1).result
     assert f"{result.extractor}+{result.matcher}" == TEXTURELESS_SIFT and len(result) >= 80
-    assert TEXTURELESS_DIRECT not in calls
+    assert TEXTURELESS_SIFT in calls and TEXTURELESS_DIRECT not in calls
 
 
 def test_quadratic_shading_is_removed_before_alignment():

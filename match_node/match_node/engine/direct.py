@@ -3,8 +3,10 @@
 A close-up of a smooth, shaded surface (a blob, a painted wall with soft shadows) holds
 structure at the scale of tens of pixels and almost none at the scale of a keypoint: SIFT and
 XFeat each find fewer than 10 matches, mostly wrong, on such a pair of bench/lowtexture.py.
-The intensities themselves still fix the motion. This is matcher 'auto''s last resort
-(`textureless_direct`), for the frames every other textureless path leaves thin:
+The intensities themselves still fix the motion. This is the last path of matcher 'auto''s
+textureless chain (`textureless_direct`): in a stream for the frames every other path leaves
+thin, and on a single pair for every low-texture pair, where its result is published when it
+has at least as many matches (Pipeline.richest):
 
   * both frames are smoothed where they are noisy (texture.denoise) and high-passed: a
     Gaussian of HIGHPASS_SIGMA px is subtracted, which removes every quadratic intensity

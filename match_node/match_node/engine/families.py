@@ -216,8 +216,9 @@ class TexturelessPath:
     # Keypoint paths with a matcher that scores its matches: the lowest confidence it
     # reports, whatever lower `filter_threshold` the user gave (0: `filter_threshold`).
     min_confidence: float = 0.0
-    # The direct alignment (direct.py): no model, no file; the last resort, tried only where
-    # every path before it left the frame thin, and its matches are aligned already.
+    # The direct alignment (direct.py): no model, no file; the last path of the chain (in a
+    # stream tried only where every path before it left the frame thin: Pipeline.richest),
+    # and its matches are aligned already.
     direct: bool = False
 
     def available(self, params: Mapping[str, Any]) -> bool:
@@ -302,8 +303,9 @@ def textureless_paths() -> tuple[TexturelessPath, ...]:
 
 
 def textureless_direct(mode: MatcherMode) -> TexturelessPath | None:
-    """matcher 'auto''s last resort, the direct alignment (direct.py; `textureless_direct`
-    turns it on and off at run time); None for a matcher that does not switch."""
+    """matcher 'auto''s last textureless path, the direct alignment (direct.py;
+    `textureless_direct` turns it on and off at run time); None for a matcher that does not
+    switch."""
     if not mode.switches:
         return None
     return next(path for path in textureless_paths() if path.direct)

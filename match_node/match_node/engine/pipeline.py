@@ -138,7 +138,8 @@ class Pipeline:
         if self.textureless_note and why:
             self.textureless_note += f"; {why}"
         if self.textureless_note and last_resort and self.params["textureless_direct"]:
-            self.textureless_note += (f"; a frame they all leave thinner is aligned directly "
+            self.textureless_note += (f"; a frame they all leave thinner (and any single "
+                                      f"low-texture pair) is aligned directly too "
                                       f"({last_resort.name}, textureless_direct)")
         if self.textureless_note:
             log.info(self.textureless_note)
@@ -702,7 +703,9 @@ class Pipeline:
         result with the most matches is returned (an ambiguous one unless the fallback's
         `contradicts` it; a sparse one unless the fallback's `enriches` it), unless the
         keypoint matcher's own matches of a low-texture pair contradict a nearest-neighbour
-        result (`textureless_verify`). A pair with motion
+        result (`textureless_verify`). The direct alignment (`textureless_direct`) matches
+        every low-texture pair too, and its result is returned where it has at least as many
+        matches (see `richest`). A pair with motion
         blur in one image only goes to the textureless path too (`texture_blur_mismatch`).
         """
         if self.mode.detector_free:
@@ -728,7 +731,8 @@ class Pipeline:
         else:
             verify = self.verifies(features0, features1)
         result, served = self.richest(result, self.textureless_chain,
-                                      lambda path: self.match_pair_on(path, image0, image1))
+                                      lambda path: self.match_pair_on(path, image0, image1),
+                                      direct_competes=True)
         if not (verify and self.descriptor_only(served)):
             return result
         keypoint = _count_reference(self.match_features(features0, features1), features0)
@@ -739,8 +743,8 @@ class Pipeline:
         return result
 
     def richest(self, best: MatchResult | None, paths: Iterable[str],
-                match: Callable[[str], MatchResult],
-                richer: bool = True) -> tuple[MatchResult, str | None]:
+                match: Callable[[str], MatchResult], richer: bool = True,
+                direct_competes: bool = False) -> tuple[MatchResult, str | None]:
         """matcher 'auto''s textureless chain, for single pairs and streams alike: go down
         `paths` (preferred first), matching with `match(path)`, while the best result so far
         is missing or too thin (`rescues`), and keep the one with the most matches; or while
@@ -750,15 +754,21 @@ class Pipeline:
         that `enriches` it. The
         preferred path is always tried first: the fallback localises less precisely (about
         2 px on blurred frames), so it serves only the frames the preferred path leaves thin
-        or gets wrong.
+        or gets wrong. The direct alignment, last (`textureless_direct`), runs where the
+        result is still thin, and with `direct_competes` (a single low-texture pair) on
+        every pair: then its result is kept where it has at least as many matches.
         Returns the best result and the path that produced it (None: `best` as given)."""
         served = None
         for path in paths:
             if self.aligns(path):
-                # The last resort: only for a frame still thin, and while it is on.
-                if not self.params["textureless_direct"] or not (best is None
-                                                                 or self.rescues(best)):
+                thin = best is None or self.rescues(best)
+                if not self.params["textureless_direct"] or not (thin or direct_competes):
                     break
+                other = match(path)
+                if best is None or (other.found > best.found if thin
+                                    else len(other) >= len(best)):
+                    best, served = other, path
+                continue
             if best is None or self.rescues(best):
                 other = match(path)
                 if best is None or other.found > best.found:
@@ -769,7 +779,7 @@ class Pipeline:
             elif richer and self.sparse(best, served):
                 replaces = self.enriches
             else:
-                break  # rich enough: the next path serves thin, ambiguous or sparse results
+                continue  # rich enough: the next paths serve thin, ambiguous or sparse results
             other = match(path)
             if replaces(other, best):
                 best, served = other, path

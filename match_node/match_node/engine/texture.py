@@ -57,7 +57,7 @@ import numpy as np
 TEXTURELESS_LOFTR = "loftr"
 TEXTURELESS_SIFT = "sift-clahe+nn"  # its messages carry extractor 'sift-clahe', matcher 'nn'
 TEXTURELESS_XFEAT = "xfeat+lighterglue"  # the fallback: extractor 'xfeat', matcher 'lighterglue'
-# The last resort (direct.py): Shi-Tomasi corners of a high-passed frame aligned directly.
+# The last textureless path (direct.py): Shi-Tomasi corners of a high-passed frame aligned directly.
 TEXTURELESS_DIRECT = "shi-tomasi+direct"
 
 # A descriptor-only path's result is ambiguous when its epipolar check kept fewer than this
