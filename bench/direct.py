@@ -192,7 +192,8 @@ def main() -> None:
              "tracks continued: share of a message's track ids that the previous message "
              f"had. {args.threads} CPU thread(s), {platform.processor() or platform.machine()}.",
              "", "| photo | run | served | messages (empty) | matches | precision | "
-             "median error px | tracks continued | median ms |", "|---|---|---|---|---|---|---|---|---|"]
+             "median error px | tracks continued | median ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in streams:
         served = ", ".join(f"{k} {v}" for k, v in s["paths"].items())
         err = "-" if s["median_error_px"] is None else f"{s['median_error_px']:.2f}"
