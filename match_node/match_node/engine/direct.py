@@ -341,10 +341,12 @@ class DirectPath:
         gray = to_gray(image)
         h, w = gray.shape
         frame = prepare(gray, self.spec.max_noise if smooth else 0.0,
-                               min(cap, MAX_CORNERS), working_size(w, h, side))
+                        min(cap, MAX_CORNERS), working_size(w, h, side))
         elapsed = clock() - start
+        # On the host, whatever the pipeline's device: the alignment is numpy and OpenCV.
         return Features(torch.from_numpy(frame.to_original(frame.corners)),
-                        torch.zeros(len(frame.corners), 0), torch.from_numpy(frame.quality),
+                        torch.zeros(len(frame.corners), 0, device="cpu"),
+                        torch.from_numpy(frame.quality),
                         (w, h), extract_ms=elapsed, working_size=frame.image.shape[::-1],
                         keypoint_cap=cap, direct=frame)
 
@@ -366,7 +368,7 @@ class DirectPath:
         frame1.corners, frame1.quality = points, quality
         features1.keypoints = torch.from_numpy(frame1.to_original(points))
         features1.scores = torch.from_numpy(quality)
-        features1.descriptors = torch.zeros(len(points), 0)
+        features1.descriptors = torch.zeros(len(points), 0, device="cpu")
         match_ms = clock() - start
         extractor, matcher = self.spec.name.split("+")
         return MatchResult(
