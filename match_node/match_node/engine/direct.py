@@ -62,8 +62,10 @@ BORDER = 32
 # Long side (px) of the coarsest level the global motion starts on.
 COARSEST_SIDE = 160
 # The ECC correlation of the high-passed frames below which the pair is refused. Measured on
-# the low-texture pairs (held-out seed 0, smooth set): right alignments ended at 0.89-1.00,
-# wrong ones (motion beyond the basin) at 0.49-0.67, blank walls' noise at 0.05-0.18.
+# bench/lowtexture.py's held-out (seed 0), tuning and smooth pairs: alignments whose matches
+# were 90% right ended at 0.93-1.00, those with 84-89% right at 0.86-0.99; wrong ones (a view
+# change beyond the basin, not repetitive) at 0.07-0.67; blank walls without a spot at
+# 0.03-0.07.
 MIN_CORRELATION = 0.7
 # A surface whose autocorrelation has a separate peak above this repeats itself (tiles,
 # bricks): refused. Repetitive surfaces of bench/lowtexture.py: 0.50-0.64; every other kind
