@@ -13,7 +13,7 @@ from match_node import Pipeline, SequentialMatcher
 from match_node.engine import direct
 from match_node.engine.refine import to_gray
 from match_node.engine.texture import TEXTURELESS_DIRECT, TEXTURELESS_SIFT, TEXTURELESS_XFEAT
-from match_node.groundtruth.lowtexture import _as_rgb, make_pair
+from match_node.groundtruth.lowtexture import _as_rgb, blank_wall, make_pair
 from match_node.groundtruth.planar import load_photo, make_sequence, replay, reprojection_errors
 from test_lowtexture import corner_error
 
@@ -98,27 +98,14 @@ def test_quadratic_shading_is_removed_before_alignment():
     assert inner.mean() == pytest.approx(expected, rel=0.02)
 
 
-def _blank_wall(seed: int, shift: float = 0.0, noise: float = 1.0,
-                spot: bool = False) -> np.ndarray:
-    """A wall with nothing on it (640x480 RGB): vignetting fixed to the camera, a faint
-    lighting gradient (or with `spot`, a lamp's round spot) that moves with the wall by
-    `shift` px, and sensor noise drawn anew for each `seed`."""
-    y, x = np.mgrid[0:480, 0:640].astype(np.float64)
-    wall = 90.0 * (1 - 0.35 * (((x - 320) / 320) ** 2 + ((y - 240) / 240) ** 2))
-    if spot:
-        wall += 80.0 * np.exp(-((x - 420 - shift) ** 2 + (y - 300) ** 2) / (2 * 70.0 ** 2))
-    else:
-        wall += 0.05 * (x - shift)
-    wall += np.random.default_rng(seed).normal(0.0, noise, wall.shape)
-    return np.repeat(np.clip(np.round(wall), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
-
-
 @pytest.mark.parametrize("shift, noise", [(0.0, 1.0), (25.0, 1.0), (0.0, 4.0)])
 def test_a_blank_wall_gets_no_direct_match(shipped, shift, noise):
     """Two frames of a blank wall hold nothing but noise once the shading is removed: the
     alignment does not correlate (measured 0.05-0.18 against MIN_CORRELATION 0.7), so the
     direct path refuses the pair instead of publishing the noise's alignment."""
-    frame0, frame1 = _blank_wall(1, 0.0, noise), _blank_wall(2, shift, noise)
+    # A vignetted wall, its faint lighting gradient moving with it.
+    frame0 = blank_wall(1, "gradient", 0.0, noise, slope=0.05)
+    frame1 = blank_wall(2, "gradient", shift, noise, slope=0.05)
     found = direct.match(_frame(frame0), _frame(frame1))
     assert len(found.indices0) == 0 and found.refused is not None
     assert len(shipped.match_pair_on(TEXTURELESS_DIRECT, frame0, frame1)) == 0
@@ -131,8 +118,8 @@ def test_a_lamps_spot_on_a_blank_wall_is_an_ambiguous_alignment(shift, noise):
     its centre as not, and the roll moves every point away from it (47% of the matches were
     over 3 px off before the check). Started 2 degrees rolled either way the alignment ends
     elsewhere as well correlated, so the pair is refused."""
-    frame0 = _frame(_blank_wall(1, 0.0, noise, spot=True))
-    frame1 = _frame(_blank_wall(2, shift, noise, spot=True))
+    frame0 = _frame(blank_wall(1, "spot", 0.0, noise))
+    frame1 = _frame(blank_wall(2, "spot", shift, noise))
     homography, correlation = direct.global_homography(frame0.image, frame1.image)
     assert homography is not None and correlation > direct.MIN_CORRELATION
     assert not direct.unique(frame0.image, frame1.image, homography, correlation)

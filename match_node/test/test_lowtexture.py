@@ -10,8 +10,9 @@ import pytest
 
 from match_node import Pipeline, SequentialMatcher
 from match_node.engine.results import MatchResult
-from match_node.groundtruth.lowtexture import (FRAME_KINDS, KINDS, degrade_frame, degrade_frames,
-                                               make_pair, render, repetitive_scene, view_pair)
+from match_node.groundtruth.lowtexture import (FRAME_KINDS, KINDS, blank_wall, degrade_frame,
+                                               degrade_frames, make_pair, render,
+                                               repetitive_scene, view_pair)
 from match_node.groundtruth.planar import make_sequence, replay, reprojection_errors
 from match_node.engine.families import FALLBACK_MIN_CONFIDENCE
 from match_node.engine.texture import (TEXTURELESS_DIRECT, TEXTURELESS_SIFT, TEXTURELESS_XFEAT,
@@ -455,24 +456,14 @@ def test_fallback_serves_a_pair_the_textureless_path_leaves_thin(shipped):
     assert len(alone) < 20 and corner_error(pair.homography, alone, (640, 480)) > 10
 
 
-def _blank_wall(seed: int, spot: bool) -> np.ndarray:
-    """A wall with nothing on it (640x480 RGB): vignetting, optionally a lamp's spot, and
-    sensor noise of 1 grey level drawn anew for each `seed`."""
-    y, x = np.mgrid[0:480, 0:640].astype(np.float64)
-    wall = 90.0 * (1 - 0.35 * (((x - 320) / 320) ** 2 + ((y - 240) / 240) ** 2))
-    if spot:
-        wall += 80.0 * np.exp(-((x - 420) ** 2 + (y - 300) ** 2) / (2 * 70.0 ** 2))
-    wall += np.random.default_rng(seed).normal(0.0, 1.0, wall.shape)
-    return np.repeat(np.clip(np.round(wall), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
-
-
 @pytest.mark.parametrize("spot", [False, True])
 def test_the_fallback_does_not_pair_the_noise_of_a_blank_wall(shipped, spot):
     """Two frames of a blank wall hold nothing to match: LighterGlue paired their noise at
     confidences between 0.1 and 0.25 (30-37 random matches, published as a rich result);
     the fallback reports matches of 0.25 or more (FALLBACK_MIN_CONFIDENCE), so the frames
     stay below texture_min_matches. A user's higher filter_threshold still applies."""
-    frame0, frame1 = _blank_wall(1, spot), _blank_wall(2, spot)
+    light = "spot" if spot else "flat"  # a vignetted wall, with a lamp's spot or not
+    frame0, frame1 = blank_wall(1, light), blank_wall(2, light)
     fallback = shipped.match_pair_on(TEXTURELESS_XFEAT, frame0, frame1)
     assert len(fallback) < shipped.params["texture_min_matches"]
     assert np.all(fallback.scores >= FALLBACK_MIN_CONFIDENCE)

@@ -358,7 +358,13 @@ class DirectPath:
         tracker does, frame 1's keypoints become the points placed in it, followed by its own
         corners away from them (`track_points`): a stream tracks them on from there, so
         their track ids persist. Scores: 1 / (1 + the position's standard error in px)."""
-        found = match(features0.direct, features1.direct)
+        return self.result(match(features0.direct, features1.direct), features0, features1,
+                           start, clock, budget_ms)
+
+    def result(self, found: DirectMatches, features0: Features, features1: Features,
+               start: float, clock: Callable[[], float], budget_ms: float) -> MatchResult:
+        """The MatchResult of `found`, the alignment of these two frames (see `match` above);
+        for a caller that also wants the alignment itself (why it refused)."""
         frame1 = features1.direct
         kpts0 = features0.keypoints.cpu().numpy()[found.indices0]
         kpts1 = frame1.to_original(found.keypoints1)

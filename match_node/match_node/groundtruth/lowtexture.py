@@ -277,6 +277,29 @@ def degrade_frames(frames: list[np.ndarray], kinds: list[str | None]) -> list[np
             for t, (frame, kind) in enumerate(zip(frames, kinds))]
 
 
+WALL_LIGHTS = ("flat", "gradient", "spot")
+
+
+def blank_wall(seed: int, light: str = "flat", shift: float = 0.0, noise: float = 1.0,
+               slope: float = 0.1) -> np.ndarray:
+    """A 640x480 frame (RGB uint8) of a wall with nothing on it: vignetting fixed to the
+    camera (35% darker at the middle of each edge), lit `light`ly: 'flat', a 'gradient' of
+    `slope` grey levels per px along x, or a lamp's round 'spot' (80 grey levels, sigma 70
+    px); the gradient or the spot moved `shift` px along x with the wall (the camera moved);
+    sensor noise of `noise` grey levels drawn from `seed` (draw each frame's anew). Nothing
+    of it is matchable but the spot, which has no orientation."""
+    if light not in WALL_LIGHTS:
+        raise ValueError(f"unknown wall light {light!r}; choose from {WALL_LIGHTS}")
+    y, x = np.mgrid[0:480, 0:640].astype(np.float64)
+    wall = 90.0 * (1 - 0.35 * (((x - 320) / 320) ** 2 + ((y - 240) / 240) ** 2))
+    if light == "spot":
+        wall += 80.0 * np.exp(-((x - 420 - shift) ** 2 + (y - 300) ** 2) / (2 * 70.0 ** 2))
+    elif light == "gradient":
+        wall += slope * (x - shift)
+    wall += np.random.default_rng(seed).normal(0.0, noise, wall.shape)
+    return _as_rgb(np.clip(np.round(wall), 0, 255).astype(np.uint8))
+
+
 def _as_rgb(photo: np.ndarray) -> np.ndarray:
     if photo.ndim == 2:
         photo = np.repeat(photo[..., None], 3, axis=2)
